@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segany.modeling.common import LayerNorm2d
+
 
 class ConvBN(nn.Module):
     """Bias-free conv followed by BatchNorm; (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)."""
@@ -233,22 +235,6 @@ class AttentionStage(nn.Module):
             x = block(x)
         x = x.permute(0, 3, 1, 2)
         return x if self.downsample is None else self.downsample(x)
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of (B, C, H, W), eps 1e-6 as in SAM's neck."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
 class TinyViT(nn.Module):

@@ -1,0 +1,62 @@
+"""Pre- and post-processing of the SAM 1 family: resize-longest-side, coordinate frames, mask upsampling.
+
+Frames: *original* is the image as the user gave it (pixels, x right, y down); *input* is the image resized so its
+longest side is ``target`` (1024), before padding; the model sees the input zero-padded to ``target`` x ``target``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def input_size_for(original_size: tuple[int, int], target: int = 1024) -> tuple[int, int]:
+    """(h, w) after scaling the longest side of (H, W) to ``target``, rounding half up."""
+    h, w = original_size
+    scale = target / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def resize_image(image: np.ndarray, target: int = 1024) -> np.ndarray:
+    """HxWx3 uint8 RGB -> hxwx3 uint8 with the longest side ``target``.
+
+    Pillow's bilinear filter, which antialiases when shrinking, exactly as the released predictor does.
+    """
+    h, w = input_size_for(image.shape[:2], target)
+    if (h, w) == image.shape[:2]:
+        return image
+    return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+def coords_to_input(coords: np.ndarray, original_size: tuple[int, int], target: int = 1024) -> np.ndarray:
+    """(..., 2) (x, y) in original pixels -> input frame; per-axis scale uses the rounded input size."""
+    h, w = original_size
+    new_h, new_w = input_size_for(original_size, target)
+    out = np.array(coords, dtype=np.float64, copy=True)
+    out[..., 0] *= new_w / w
+    out[..., 1] *= new_h / h
+    return out
+
+
+def boxes_to_input(boxes: np.ndarray, original_size: tuple[int, int], target: int = 1024) -> np.ndarray:
+    """(..., 4) x0, y0, x1, y1 in original pixels -> input frame."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return coords_to_input(boxes.reshape(-1, 2, 2), original_size, target).reshape(boxes.shape)
+
+
+def upscale_logits(
+    low_res_logits: torch.Tensor,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    target: int = 1024,
+) -> torch.Tensor:
+    """(B, C, 256, 256) low-res logits -> (B, C, H, W) logits in the original frame.
+
+    Bilinear (align_corners=False) to target x target, crop the padding away, bilinear to the original size:
+    the released models' post-processing, step for step.
+    """
+    x = F.interpolate(low_res_logits, (target, target), mode="bilinear", align_corners=False)
+    x = x[..., : input_size[0], : input_size[1]]
+    return F.interpolate(x, original_size, mode="bilinear", align_corners=False)
