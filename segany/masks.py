@@ -98,8 +98,7 @@ def encode_rle_batch(masks: np.ndarray) -> list[dict]:
     # pycocotools wants (H, W, C) in Fortran order: one copy into that layout, then a single C loop.
     stacked = np.asfortranarray(m.transpose(1, 2, 0), dtype=np.uint8)
     return [
-        {"size": [int(height), int(width)], "counts": r["counts"].decode("ascii")}
-        for r in coco_mask.encode(stacked)
+        {"size": [int(height), int(width)], "counts": r["counts"].decode("ascii")} for r in coco_mask.encode(stacked)
     ]
 
 
@@ -231,9 +230,7 @@ def encode_index_png(
     else:
         paint = [int(i) for i in order]
         if any(i < 0 or i >= count for i in paint) or len(set(paint)) != len(paint):
-            raise InvalidInputError(
-                f"order must list distinct object indices in [0, {count}), got {list(order)}"
-            )
+            raise InvalidInputError(f"order must list distinct object indices in [0, {count}), got {list(order)}")
     labels = np.zeros((height, width), dtype=np.uint8 if count <= 255 else np.uint16)
     for i in paint:
         labels[m[i]] = i + 1
@@ -322,9 +319,7 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[Polygon]:
 def _pixel_ring(points: np.ndarray) -> np.ndarray:
     ring = np.asarray(points, dtype=np.float64)
     if ring.ndim != 2 or ring.shape[1] != 2 or not np.isfinite(ring).all():
-        raise InvalidInputError(
-            f"a polygon ring must be a finite (K, 2) array of (x, y), got shape {ring.shape}"
-        )
+        raise InvalidInputError(f"a polygon ring must be a finite (K, 2) array of (x, y), got shape {ring.shape}")
     return np.round(ring).astype(np.int32).reshape(-1, 1, 2)
 
 
