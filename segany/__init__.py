@@ -7,22 +7,38 @@ Public API::
     predictor = segany.Predictor(model)
     emb = predictor.encode(image)                # HxWx3 uint8 RGB -> ImageEmbedding
     res = predictor.predict(emb, points=[[x, y]], labels=[1])
+
+Names are imported lazily, so ``import segany.client`` (or ``segany.masks``) does not pull in torch.
 """
 
-from segany.embedding import ImageEmbedding
-from segany.errors import SeganyError
-from segany.models import VARIANTS, build_model, load_model
-from segany.predictor import PredictionResult, Predictor
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "VARIANTS",
-    "ImageEmbedding",
-    "PredictionResult",
-    "Predictor",
-    "SeganyError",
-    "__version__",
-    "build_model",
-    "load_model",
-]
+_EXPORTS = {
+    "ImageEmbedding": "segany.embedding",
+    "SeganyError": "segany.errors",
+    "VARIANTS": "segany.models",
+    "build_model": "segany.models",
+    "load_model": "segany.models",
+    "PredictionResult": "segany.predictor",
+    "Predictor": "segany.predictor",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+if TYPE_CHECKING:
+    from segany.embedding import ImageEmbedding
+    from segany.errors import SeganyError
+    from segany.models import VARIANTS, build_model, load_model
+    from segany.predictor import PredictionResult, Predictor
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'segany' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -297,7 +297,7 @@ def fingerprint_state_dict(variant: str, state_dict: Mapping[str, torch.Tensor])
     for key in sorted(state_dict):
         t = state_dict[key].detach().to("cpu").contiguous()
         h.update(f"{key}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return f"{variant}:{h.hexdigest()[:16]}"
 
 
