@@ -1,0 +1,5 @@
+import sys
+
+from segany.cli.main import main
+
+sys.exit(main())

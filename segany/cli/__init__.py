@@ -1,0 +1,1 @@
+"""The ``segany`` command line: ``serve | annotate | embed | export | bench | models | train | eval``."""
