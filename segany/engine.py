@@ -1,0 +1,499 @@
+"""The core the server and the CLI share: predictor + embedding cache + encode queue + decoder executor.
+
+Concurrency model (one asyncio loop, three executors):
+
+* Image bytes are hashed and decoded on the *prepare* pool (Pillow and hashlib release the GIL).
+* The encoder runs on its own single thread, fed by a queue. Requests for an image that is already queued or
+  being encoded join that job instead of adding one (16 concurrent ``embed`` calls of one new image run the
+  encoder once); distinct images waiting when the encoder frees up go in as one micro-batch of at most
+  ``encode_batch``. At most ``max_queue`` distinct images wait; beyond that :class:`ResourceExhaustedError`.
+  When every caller of a queued job has gone (cancelled, deadline passed) the job is dropped before it runs.
+* The decoder runs on the *decode* pool, never on the encoder thread: a prompt on a cached image does not wait
+  behind an encode (torch releases the GIL while it computes).
+
+The image id is the cache key (sha256 of the bytes + model fingerprint + preprocessing version): computed here,
+never chosen by a client. All public methods are coroutines; call them from one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import hashlib
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from segany.cache import EmbeddingCache, MemoryCache, cache_key, sha256_bytes
+from segany.embedding import PREPROCESS_VERSION, ImageEmbedding
+from segany.errors import (
+    InvalidInputError,
+    InvalidPromptError,
+    ModelMismatchError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from segany.images import DEFAULT_LIMITS, ImageLimits, as_rgb_uint8, decode_image
+from segany.mask_outputs import OutputSpec, PromptOutput, render_outputs
+from segany.predictor import Predictor
+from segany.prompts import LOW_RES_SIZE, MAX_POINTS_PER_PROMPT, Prompt
+
+log = logging.getLogger(__name__)
+
+_IMAGE_ID = re.compile(r"[0-9a-f]{64}")
+_MASK_ID = re.compile(r"m[0-9a-f]{32}")
+#: Per-request stage timings (seconds), filled when a caller sets a dict here (the service does, per RPC).
+STAGES: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("segany_stages", default=None)
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Time a block into the current request's stage dict (no-op outside a request)."""
+    stages = STAGES.get()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if stages is not None:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Queue, executor and limit settings of an :class:`Engine`.
+
+    Attributes:
+        encode_batch: most images per encoder call.
+        max_queue: most distinct images waiting for the encoder (not counting the batch running).
+        decode_workers: threads for decoder calls.
+        prepare_workers: threads for hashing/decoding image bytes and for blocking cache tiers.
+        image_limits: what uploaded images may be.
+        max_prompts: prompts per segment call.
+        max_points: points per prompt.
+        mask_store_bytes: budget for low-res masks kept for ``mask_id`` references (0 disables them).
+    """
+
+    encode_batch: int = 2
+    max_queue: int = 64
+    decode_workers: int = 2
+    prepare_workers: int = 2
+    image_limits: ImageLimits = DEFAULT_LIMITS
+    max_prompts: int = 64
+    max_points: int = MAX_POINTS_PER_PROMPT
+    mask_store_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Result of :meth:`Engine.embed_bytes` and friends."""
+
+    image_id: str
+    embedding: ImageEmbedding
+    cached: bool
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self.embedding.original_size
+
+
+@dataclass
+class EngineStats:
+    """Counters since start (and the queue depth now)."""
+
+    encode_requests: int = 0
+    encode_merged: int = 0
+    encode_jobs: int = 0
+    encode_batches: int = 0
+    encode_images: int = 0
+    encode_cancelled: int = 0
+    encode_rejected: int = 0
+    encode_seconds: float = 0.0
+    decode_calls: int = 0
+    decode_prompts: int = 0
+    queue_depth: int = 0
+    encoding: int = 0
+
+
+@dataclass(eq=False)
+class _EncodeJob:
+    key: str
+    future: asyncio.Future
+    waiters: int = 1
+    image: np.ndarray | None = None
+    state: str = "preparing"  # preparing -> queued -> encoding -> done | dropped
+    queued_at: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+class _MaskStore:
+    """Low-res logits kept for ``mask_id`` references: LRU bounded in bytes, thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
+        self._bytes = 0
+
+    def put(self, fingerprint: str, logits: np.ndarray) -> str | None:
+        stored = np.ascontiguousarray(logits, dtype=np.float16)  # a mask prompt tolerates fp16 rounding
+        if stored.nbytes > self.max_bytes:
+            return None
+        mask_id = "m" + secrets.token_hex(16)
+        with self._lock:
+            while self._bytes + stored.nbytes > self.max_bytes:
+                _, (_, old) = self._entries.popitem(last=False)
+                self._bytes -= old.nbytes
+            self._entries[mask_id] = (fingerprint, stored)
+            self._bytes += stored.nbytes
+        return mask_id
+
+    def get(self, mask_id: str) -> tuple[str, np.ndarray] | None:
+        with self._lock:
+            entry = self._entries.get(mask_id)
+            if entry is not None:
+                self._entries.move_to_end(mask_id)
+            return entry
+
+
+class Engine:
+    """Embed images once, answer prompts many times; see the module docstring for the concurrency model.
+
+    Args:
+        predictor: the model wrapper (stateless, shared by all threads).
+        cache: where embeddings live; its key is the image id.
+        settings: queue sizes, limits and executors.
+    """
+
+    def __init__(self, predictor: Predictor, cache: EmbeddingCache, settings: EngineSettings | None = None) -> None:
+        self.predictor = predictor
+        self.cache = cache
+        self.settings = settings or EngineSettings()
+        self.fingerprint = predictor.fingerprint
+        self.stats = EngineStats()
+        self.ready = False
+        self._closed = False
+        self._inline_cache = isinstance(cache, MemoryCache)
+        self._masks = _MaskStore(self.settings.mask_store_bytes)
+        self._jobs: dict[str, _EncodeJob] = {}
+        self._queue: deque[_EncodeJob] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="segany-encode")
+        self._decode_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="segany-decode")
+        self._prepare_pool = ThreadPoolExecutor(self.settings.prepare_workers, thread_name_prefix="segany-prepare")
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+    def _ensure_worker(self) -> None:
+        if self._closed:
+            raise UnavailableError("the engine is shut down")
+        if self._worker is None:
+            self._wakeup = asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._encode_loop(), name="segany-encode-loop")
+
+    async def warm_up(self) -> None:
+        """One encode and one decode on a small synthetic image (first calls allocate and pick kernels)."""
+        image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+        loop = asyncio.get_running_loop()
+        embedding = await loop.run_in_executor(self._encode_pool, self.predictor.encode, image)
+        prompt = Prompt(np.array([[48.0, 32.0]]), np.array([1]))
+        await loop.run_in_executor(
+            self._decode_pool, self._decode_sync, embedding, [prompt], True, OutputSpec(), False
+        )
+        self.ready = True
+
+    async def close(self) -> None:
+        """Stop the encode loop, fail queued jobs with UNAVAILABLE, release the executors."""
+        self._closed = True
+        self.ready = False
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for job in list(self._jobs.values()):
+            if not job.future.done():
+                job.future.set_exception(UnavailableError("the server is shutting down; retry on another replica"))
+                job.future.exception()  # mark retrieved: nobody may be waiting any more
+        self._jobs.clear()
+        self._queue.clear()
+        for pool in (self._encode_pool, self._decode_pool, self._prepare_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    # ------------------------------------------------------------------------------------------------ embedding
+    async def embed_bytes(self, data: bytes) -> Embedded:
+        """Embed image file bytes (JPEG/PNG/WebP/TIFF/BMP), through the cache and the encode queue."""
+        loop = asyncio.get_running_loop()
+        limit = self.settings.image_limits.max_bytes
+        if len(data) > limit:  # before hashing: the hash of a huge upload is wasted work
+            decode_image(data, self.settings.image_limits)  # raises the standard message
+        with stage("hash"):
+            digest = await loop.run_in_executor(self._prepare_pool, sha256_bytes, data)
+        key = cache_key(digest, self.fingerprint, PREPROCESS_VERSION)
+        return await self._embed(key, lambda: decode_image(data, self.settings.image_limits))
+
+    async def embed_array(self, image: np.ndarray) -> Embedded:
+        """Embed an in-memory image (any layout :func:`as_rgb_uint8` takes); the id hashes the uint8 RGB pixels."""
+        rgb = as_rgb_uint8(image)
+        height, width = rgb.shape[:2]
+        limits = self.settings.image_limits
+        if height * width > limits.max_pixels or max(height, width) > limits.max_side:
+            from segany.errors import ImageTooLargeError
+
+            raise ImageTooLargeError(
+                f"image is {width}x{height} = {width * height} pixels; at most {limits.max_pixels} pixels and "
+                f"{limits.max_side} pixels per side are accepted"
+            )
+        loop = asyncio.get_running_loop()
+        with stage("hash"):
+            digest = await loop.run_in_executor(self._prepare_pool, _hash_pixels, rgb)
+        key = cache_key(digest, self.fingerprint, PREPROCESS_VERSION)
+        return await self._embed(key, lambda: rgb)
+
+    async def lookup(self, image_id: str) -> ImageEmbedding:
+        """The embedding of an id returned earlier (waits if that image is being encoded right now)."""
+        if not isinstance(image_id, str) or not _IMAGE_ID.fullmatch(image_id):
+            raise InvalidInputError(
+                f"image_id must be the 64 lowercase hex characters an Embed call returned, got {image_id!r:.80}"
+            )
+        job = self._jobs.get(image_id)
+        if job is not None:
+            return (await self._wait(job))[0]
+        with stage("cache"):
+            embedding = await self._cache_get(image_id)
+        if embedding is None:
+            raise NotFoundError(
+                f"image id {image_id} is not in the embedding cache (never embedded here, or evicted): "
+                "call Embed with the image bytes first"
+            )
+        return embedding
+
+    async def embed_id(self, image_id: str) -> Embedded:
+        return Embedded(image_id, await self.lookup(image_id), True)
+
+    async def _embed(self, key: str, load_image) -> Embedded:
+        self._ensure_worker()
+        self.stats.encode_requests += 1
+        job = self._jobs.get(key)
+        if job is not None:
+            self.stats.encode_merged += 1
+            job.waiters += 1
+            embedding, _ = await self._wait(job)
+            return Embedded(key, embedding, False)
+        job = _EncodeJob(key, asyncio.get_running_loop().create_future())
+        self._jobs[key] = job
+        # Preparing runs as its own task: joiners must not depend on the first caller staying around.
+        task = asyncio.get_running_loop().create_task(self._prepare(job, load_image))
+        task.add_done_callback(_log_unexpected)
+        embedding, cached = await self._wait(job)
+        return Embedded(key, embedding, cached)
+
+    async def _prepare(self, job: _EncodeJob, load_image) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            start = time.perf_counter()
+            embedding = await self._cache_get(job.key)
+            job.stages["cache"] = time.perf_counter() - start
+            if job.state == "dropped":
+                return
+            if embedding is not None:
+                self._finish(job, (embedding, True))
+                return
+            start = time.perf_counter()
+            image = await loop.run_in_executor(self._prepare_pool, load_image)
+            job.stages["decode_image"] = time.perf_counter() - start
+            if job.state == "dropped":
+                return
+            if len(self._queue) >= self.settings.max_queue:
+                self.stats.encode_rejected += 1
+                raise ResourceExhaustedError(
+                    f"the encode queue is full ({len(self._queue)} images waiting, at most "
+                    f"{self.settings.max_queue}); retry later"
+                )
+            job.image = image
+            job.state = "queued"
+            job.queued_at = time.perf_counter()
+            self._queue.append(job)
+            self.stats.encode_jobs += 1
+            assert self._wakeup is not None
+            self._wakeup.set()
+        except Exception as exc:  # noqa: BLE001 - delivered to every waiter of the job
+            self._finish(job, exc)
+
+    async def _wait(self, job: _EncodeJob) -> tuple[ImageEmbedding, bool]:
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            job.waiters -= 1
+            if job.waiters == 0 and job.state in ("preparing", "queued"):
+                self._drop(job)
+            raise
+        finally:
+            stages = STAGES.get()
+            if stages is not None:
+                for name, seconds in job.stages.items():
+                    stages[name] = stages.get(name, 0.0) + seconds
+
+    def _drop(self, job: _EncodeJob) -> None:
+        """Forget a job nobody waits for any more (before it reaches the encoder)."""
+        if job.state == "queued":
+            with contextlib.suppress(ValueError):
+                self._queue.remove(job)
+        job.state = "dropped"
+        job.image = None
+        self.stats.encode_cancelled += 1
+        if self._jobs.get(job.key) is job:
+            del self._jobs[job.key]
+        if not job.future.done():
+            job.future.cancel()
+
+    def _finish(self, job: _EncodeJob, outcome) -> None:
+        if self._jobs.get(job.key) is job:
+            del self._jobs[job.key]
+        job.state = "done"
+        job.image = None
+        if job.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+            if job.waiters == 0:
+                job.future.exception()
+        else:
+            job.future.set_result(outcome)
+
+    async def _encode_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = []
+            while self._queue and len(batch) < self.settings.encode_batch:
+                batch.append(self._queue.popleft())
+            now = time.perf_counter()
+            for job in batch:
+                job.state = "encoding"
+                job.stages["queue_wait"] = now - job.queued_at
+            self.stats.encoding = len(batch)
+            try:
+                embeddings = await loop.run_in_executor(
+                    self._encode_pool, self.predictor.encode_batch, [job.image for job in batch]
+                )
+            except Exception as exc:  # noqa: BLE001 - a failed batch fails its jobs, not the loop
+                log.exception("encoder failed on a batch of %d", len(batch))
+                for job in batch:
+                    self._finish(job, exc)
+                continue
+            finally:
+                self.stats.encoding = 0
+            elapsed = time.perf_counter() - now
+            self.stats.encode_batches += 1
+            self.stats.encode_images += len(batch)
+            self.stats.encode_seconds += elapsed
+            for job, embedding in zip(batch, embeddings):
+                job.stages["encode"] = elapsed
+                try:
+                    await self._cache_put(job.key, embedding)
+                except Exception:  # noqa: BLE001 - a cache is an optimisation
+                    log.exception("cache put failed for %s", job.key)
+                self._finish(job, (embedding, False))
+
+    async def _cache_get(self, key: str) -> ImageEmbedding | None:
+        if self._inline_cache:
+            return self.cache.get(key)
+        return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self.cache.get, key)
+
+    async def _cache_put(self, key: str, embedding: ImageEmbedding) -> None:
+        if self._inline_cache:
+            self.cache.put(key, embedding)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self.cache.put, key, embedding)
+
+    # ------------------------------------------------------------------------------------------------ decoding
+    def check_prompt_count(self, count: int) -> None:
+        if count == 0:
+            raise InvalidPromptError("no prompts given: send at least one prompt (points, a box or a mask)")
+        if count > self.settings.max_prompts:
+            raise InvalidPromptError(
+                f"too many prompts in one call: {count}, at most {self.settings.max_prompts} allowed"
+            )
+
+    def mask_logits(self, mask_id: str) -> np.ndarray:
+        """(256, 256) float32 logits kept under ``mask_id`` by an earlier call with ``keep_masks``."""
+        if not isinstance(mask_id, str) or not _MASK_ID.fullmatch(mask_id):
+            raise InvalidInputError(f"mask_id must be an id a Segment call returned (m + 32 hex), got {mask_id!r:.80}")
+        entry = self._masks.get(mask_id)
+        if entry is None:
+            raise NotFoundError(
+                f"mask id {mask_id} is not held any more (kept masks are evicted oldest first): "
+                "send the low-res logits instead, or segment again"
+            )
+        fingerprint, logits = entry
+        if fingerprint != self.fingerprint:
+            raise ModelMismatchError(f"mask {mask_id} was made by model {fingerprint}, this server runs "
+                                     f"{self.fingerprint}")
+        return logits.astype(np.float32)
+
+    async def segment(
+        self,
+        embedding: ImageEmbedding,
+        prompts: Sequence[Prompt],
+        multimask: bool = True,
+        spec: OutputSpec | None = None,
+        keep_masks: bool = False,
+    ) -> list[PromptOutput]:
+        """Decode validated prompts on one embedding; one :class:`PromptOutput` per prompt, in order."""
+        spec = (spec or OutputSpec()).check()
+        self.check_prompt_count(len(prompts))
+        if self._closed:
+            raise UnavailableError("the engine is shut down")
+        self.stats.decode_calls += 1
+        self.stats.decode_prompts += len(prompts)
+        loop = asyncio.get_running_loop()
+        with stage("decode"):
+            return await loop.run_in_executor(
+                self._decode_pool, self._decode_sync, embedding, list(prompts), multimask, spec, keep_masks
+            )
+
+    def _decode_sync(
+        self, embedding: ImageEmbedding, prompts: list[Prompt], multimask: bool, spec: OutputSpec, keep: bool
+    ) -> list[PromptOutput]:
+        with torch.inference_mode():
+            low_res, scores = self.predictor.predict_low_res(embedding, prompts, multimask)
+            outputs = render_outputs(
+                low_res, scores, embedding.input_size, embedding.original_size, self.predictor.image_size, spec
+            )
+            if keep:
+                low_np = low_res.float().cpu().numpy()
+                for b, out in enumerate(outputs):
+                    for cand in out.candidates:
+                        cand.mask_id = self._masks.put(self.fingerprint, low_np[b, cand.index])
+        return outputs
+
+
+def _hash_pixels(rgb: np.ndarray) -> str:
+    digest = hashlib.sha256(f"segany-raw-rgb8:{rgb.shape[0]}x{rgb.shape[1]}:".encode())
+    digest.update(memoryview(np.ascontiguousarray(rgb)).cast("B"))
+    return digest.hexdigest()
+
+
+def _log_unexpected(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("engine task failed", exc_info=task.exception())
+
+
+__all__ = ["Embedded", "Engine", "EngineSettings", "EngineStats", "LOW_RES_SIZE", "STAGES", "stage"]

@@ -1,0 +1,133 @@
+"""What a segmentation call returns per candidate mask, and how it is produced from low-res logits.
+
+Full-size masks are the expensive part of a decoder call (upsampling and encoding, not the decoder itself), so
+only the candidates that are returned are upsampled, one prompt at a time, and each is encoded straight away into
+the formats asked for; a 12 MP image with 64 prompts never holds 64 x 3 full-size masks at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from segany.errors import InvalidInputError
+from segany.masks import Polygon, encode_png, encode_rle_batch, mask_to_polygons, masks_to_boxes_xyxy
+from segany.predictor import MASK_THRESHOLD
+from segany.transforms import upscale_logits
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Which outputs to compute for each returned candidate.
+
+    Attributes:
+        rle: COCO compressed RLE (dict ``{"size": [H, W], "counts": str}``).
+        png: 1-bit PNG bytes.
+        polygons: :class:`segany.masks.Polygon` list (outer rings with holes), original pixels.
+        bbox: ``[x, y, w, h]`` (SAM convention, inclusive edges).
+        low_res_logits: (256, 256) float32 logits.
+        masks: the (H, W) bool mask itself (in-process callers).
+        best_only: only the highest-scoring candidate of each prompt.
+        polygon_tolerance: Douglas-Peucker tolerance in pixels (0 = exact).
+    """
+
+    rle: bool = True
+    png: bool = False
+    polygons: bool = False
+    bbox: bool = True
+    low_res_logits: bool = False
+    masks: bool = False
+    best_only: bool = False
+    polygon_tolerance: float = 0.0
+
+    @property
+    def needs_full_size(self) -> bool:
+        return self.rle or self.png or self.polygons or self.bbox or self.masks
+
+    def check(self) -> OutputSpec:
+        if not np.isfinite(self.polygon_tolerance) or self.polygon_tolerance < 0:
+            raise InvalidInputError(
+                f"polygon_tolerance must be a finite number of pixels >= 0, got {self.polygon_tolerance}"
+            )
+        return self
+
+
+@dataclass
+class CandidateOutput:
+    """One returned candidate mask of one prompt; fields not asked for are None."""
+
+    index: int
+    score: float
+    area: int | None = None
+    rle: dict | None = None
+    png: bytes | None = None
+    polygons: list[Polygon] | None = None
+    bbox: list[int] | None = None
+    low_res_logits: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    mask_id: str | None = None
+
+
+@dataclass
+class PromptOutput:
+    """All returned candidates of one prompt, plus every candidate's score."""
+
+    scores: np.ndarray  # (C,) float32, all candidates
+    best_index: int
+    candidates: list[CandidateOutput]
+
+
+def render_outputs(
+    low_res: torch.Tensor,
+    scores: torch.Tensor,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    image_size: int,
+    spec: OutputSpec,
+) -> list[PromptOutput]:
+    """Decoder output -> per-prompt outputs.
+
+    Args:
+        low_res: (B, C, 256, 256) float logits; scores: (B, C).
+        input_size, original_size: (h, w) resized-before-padding and (H, W) original, pixels.
+        image_size: the model's input side (1024).
+    """
+    scores_np = scores.float().cpu().numpy()
+    low_np = low_res.float().cpu().numpy() if spec.low_res_logits else None
+    results = []
+    for b in range(low_res.shape[0]):
+        best = int(np.argmax(scores_np[b]))
+        chosen = [best] if spec.best_only else list(range(low_res.shape[1]))
+        candidates = [CandidateOutput(index=c, score=float(scores_np[b, c])) for c in chosen]
+        if spec.needs_full_size:
+            logits = upscale_logits(low_res[b : b + 1, chosen], input_size, original_size, image_size)[0]
+            masks = (logits > MASK_THRESHOLD).cpu().numpy()
+            del logits
+            _fill_full_size(candidates, masks, spec)
+        if low_np is not None:
+            for cand in candidates:
+                cand.low_res_logits = low_np[b, cand.index]
+        results.append(PromptOutput(scores_np[b], best, candidates))
+    return results
+
+
+def _fill_full_size(candidates: list[CandidateOutput], masks: np.ndarray, spec: OutputSpec) -> None:
+    """Encode (C, H, W) bool masks into the candidates, in the formats of ``spec``."""
+    areas = masks.reshape(len(masks), -1).sum(axis=1)
+    rles = encode_rle_batch(masks) if spec.rle else None
+    boxes = masks_to_boxes_xyxy(masks) if spec.bbox else None
+    for i, cand in enumerate(candidates):
+        cand.area = int(areas[i])
+        if rles is not None:
+            cand.rle = rles[i]
+        if boxes is not None:
+            x0, y0, x1, y1 = (int(v) for v in boxes[i])
+            cand.bbox = [x0, y0, x1 - x0, y1 - y0]
+        if spec.png:
+            cand.png = encode_png(masks[i])
+        if spec.polygons:
+            cand.polygons = mask_to_polygons(masks[i], spec.polygon_tolerance)
+        if spec.masks:
+            cand.mask = masks[i]

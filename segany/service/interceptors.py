@@ -1,0 +1,158 @@
+"""Server interceptors: request ids, logging with per-stage timings, metrics, and bearer-token auth."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hmac
+import logging
+import secrets
+import time
+
+import grpc
+
+from segany.engine import STAGES
+from segany.service.metrics import ServiceMetrics
+
+log = logging.getLogger("segany.service")
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("segany_request_id", default="-")
+REQUEST_ID_KEY = "x-request-id"
+#: Methods that answer without a token: load balancers and orchestrators probe health unauthenticated.
+AUTH_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+OBSERVED_PREFIX = "/segany.v1."
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+            return value
+    return secrets.token_hex(8)
+
+
+def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    code = context.code()
+    if code is None or code == grpc.StatusCode.OK:
+        return "UNKNOWN" if exc is not None else "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """For every segany.v1 call: a request id (the caller's ``x-request-id`` or a new one, echoed in the initial
+    metadata), one log line with code, total and per-stage milliseconds, and the RPC/stage metrics."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(OBSERVED_PREFIX):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                token_id, token_st, start = await self._begin(context)
+                error = None
+                try:
+                    return await inner(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    self._end(method, context, error, start, token_id, token_st)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            inner_stream = handler.stream_stream
+
+            async def stream_stream(request_iterator, context):
+                token_id, token_st, start = await self._begin(context)
+                error = None
+                try:
+                    async for response in inner_stream(request_iterator, context):
+                        yield response
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    self._end(method, context, error, start, token_id, token_st)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    async def _begin(self, context):
+        request_id = _request_id(context)
+        token_id = REQUEST_ID.set(request_id)
+        token_st = STAGES.set({})
+        await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        return token_id, token_st, time.perf_counter()
+
+    def _end(self, method, context, error, start, token_id, token_st) -> None:
+        elapsed = time.perf_counter() - start
+        code = _code_name(context, error)
+        stages = STAGES.get() or {}
+        self.metrics.requests.inc(method=method, code=code)
+        self.metrics.latency.observe(elapsed, method=method)
+        for name, seconds in stages.items():
+            self.metrics.stages.observe(seconds, stage=name)
+        timing = " ".join(f"{name}={seconds * 1000:.1f}ms" for name, seconds in stages.items())
+        level = logging.WARNING if code in ("INTERNAL", "UNKNOWN") else logging.INFO
+        log.log(level, "rid=%s method=%s code=%s total=%.1fms %s peer=%s", REQUEST_ID.get(), method, code,
+                elapsed * 1000, timing, context.peer())
+        REQUEST_ID.reset(token_id)
+        STAGES.reset(token_st)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuse calls whose ``authorization`` metadata is not ``Bearer <token>`` with UNAUTHENTICATED."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(AUTH_EXEMPT_PREFIXES):
+            return handler
+        supplied = ""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization" and isinstance(value, str):
+                supplied = value
+        if hmac.compare_digest(supplied.encode(), self._expected):
+            return handler
+        message = (
+            "missing bearer token: send metadata 'authorization: Bearer <token>'"
+            if not supplied
+            else "invalid bearer token"
+        )
+
+        async def deny_unary(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        async def deny_stream(request_iterator, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            yield  # pragma: no cover - makes this an async generator
+
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(deny_unary, **kwargs)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(deny_unary, **kwargs)
+        return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)

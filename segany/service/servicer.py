@@ -1,0 +1,262 @@
+"""The segany.v1.Segany servicer: requests in, engine calls, responses out; errors become status codes once."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import importlib.util
+import logging
+
+import grpc
+import numpy as np
+
+from segany.embedding import PREPROCESS_VERSION
+from segany.engine import Embedded, Engine, stage
+from segany.errors import InvalidImageError, InvalidInputError, ResourceExhaustedError, SeganyError, UnavailableError
+from segany.predictor import MASK_THRESHOLD
+from segany.prompts import LOW_RES_SIZE
+from segany.service import convert
+from segany.service.interceptors import REQUEST_ID
+from segany.service.metrics import ServiceMetrics
+from segany.service.proto import segany_pb2 as pb
+from segany.service.proto import segany_pb2_grpc as pb_grpc
+from segany.service.settings import Settings
+
+log = logging.getLogger("segany.service")
+
+_DTYPES = {pb.EMBEDDING_DTYPE_UNSPECIFIED: "float32", pb.EMBEDDING_DTYPE_FLOAT32: "float32",
+           pb.EMBEDDING_DTYPE_FLOAT16: "float16"}
+
+
+def _internal_message() -> str:
+    return f"internal error (request id {REQUEST_ID.get()}); the server log has the details"
+
+
+def unary(needs_ready: bool = True):
+    """Translate segany errors into status codes (once, here) and guard readiness."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        async def wrapper(self: SeganyServicer, request, context: grpc.aio.ServicerContext):
+            try:
+                if needs_ready:
+                    self.check_ready()
+                return await fn(self, request, context)
+            except SeganyError as exc:
+                await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception:
+                log.exception("rid=%s unexpected error in %s", REQUEST_ID.get(), fn.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, _internal_message())
+
+        return wrapper
+
+    return decorate
+
+
+class SeganyServicer(pb_grpc.SeganyServicer):
+    def __init__(self, engine: Engine, settings: Settings, metrics: ServiceMetrics, model) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+        self.model = model
+        self.accepting = True
+        self._onnx: pb.DecoderOnnx | None = None
+        self._onnx_lock = asyncio.Lock()
+
+    def check_ready(self) -> None:
+        if not self.accepting:
+            raise UnavailableError("the server is shutting down; retry on another replica")
+        if not self.engine.ready:
+            raise UnavailableError("the model is still loading and warming up; retry in a moment "
+                                   "(grpc.health.v1 reports SERVING once ready)")
+
+    # --------------------------------------------------------------------------------------------- helpers
+    async def _resolve(self, source: pb.ImageSource) -> Embedded:
+        which = source.WhichOneof("source")
+        if which == "image_bytes":
+            return await self.engine.embed_bytes(source.image_bytes)
+        if which == "image_id":
+            return await self.engine.embed_id(source.image_id)
+        if which == "raw":
+            return await self.engine.embed_array(_raw_array(source.raw))
+        raise InvalidInputError("no image given: set image.image_bytes (file bytes), image.raw (pixels) or "
+                                "image.image_id (from Embed)")
+
+    def _check_response_size(self, message) -> None:
+        size = message.ByteSize()
+        if size > self.settings.max_send_message_bytes:
+            raise ResourceExhaustedError(
+                f"the response would be {size} bytes, over this server's limit of "
+                f"{self.settings.max_send_message_bytes}; ask for fewer outputs (RLE rather than PNG or "
+                "low-res logits, best_only) or fewer prompts per call"
+            )
+
+    async def _segment(self, request: pb.SegmentRequest) -> pb.SegmentResponse:
+        self.engine.check_prompt_count(len(request.prompts))
+        spec, keep = convert.output_spec(request)
+        embedded = await self._resolve(request.image)
+        prompts = convert.prompts_from_proto(
+            request.prompts, embedded.original_size, self.settings.max_points_per_prompt, self.engine.mask_logits
+        )
+        outputs = await self.engine.segment(embedded.embedding, prompts, request.multimask, spec, keep)
+        height, width = embedded.original_size
+        with stage("serialize"):
+            response = pb.SegmentResponse(image_id=embedded.image_id, height=height, width=width)
+            response.results.extend(convert.prompt_results_to_proto(outputs))
+        self._check_response_size(response)
+        return response
+
+    # --------------------------------------------------------------------------------------------- RPCs
+    @unary()
+    async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
+        embedded = await self._resolve(request.image)
+        height, width = embedded.original_size
+        response = pb.EmbedResponse(
+            image_id=embedded.image_id, height=height, width=width, cached=embedded.cached,
+            model_fingerprint=self.engine.fingerprint,
+        )
+        if request.return_embedding:
+            dtype = _DTYPES.get(request.embedding_dtype)
+            if dtype is None:
+                raise InvalidInputError(f"embedding_dtype {request.embedding_dtype} is unknown; use FLOAT32 or "
+                                        "FLOAT16")
+            with stage("serialize"):
+                response.embedding = embedded.embedding.to_bytes(dtype)
+        self._check_response_size(response)
+        return response
+
+    @unary()
+    async def Segment(self, request: pb.SegmentRequest, context) -> pb.SegmentResponse:
+        return await self._segment(request)
+
+    async def SegmentStream(self, request_iterator, context):
+        try:
+            self.check_ready()
+        except SeganyError as exc:
+            await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
+        out: asyncio.Queue = asyncio.Queue()
+        pending: dict[str, pb.SegmentStreamRequest] = {}
+        running: dict[str, asyncio.Task] = {}
+
+        async def work(object_id: str) -> None:
+            while object_id in pending:
+                req = pending.pop(object_id)
+                await out.put(await self._stream_one(req))
+            del running[object_id]
+
+        async def read() -> None:
+            try:
+                async for req in request_iterator:
+                    older = pending.get(req.object_id)
+                    if older is not None:
+                        self.metrics.superseded.inc()
+                        await out.put(pb.SegmentStreamResponse(
+                            object_id=older.object_id, sequence=older.sequence, superseded=True))
+                    pending[req.object_id] = req
+                    if req.object_id not in running:
+                        running[req.object_id] = asyncio.get_running_loop().create_task(work(req.object_id))
+                while running:
+                    await asyncio.gather(*list(running.values()))
+                await out.put(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the writer side
+                await out.put(exc)
+                raise
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    if isinstance(item, SeganyError):
+                        await context.abort(grpc.StatusCode[item.grpc_code], str(item))
+                    raise item
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(running.values()):
+                task.cancel()
+
+    async def _stream_one(self, req: pb.SegmentStreamRequest) -> pb.SegmentStreamResponse:
+        reply = pb.SegmentStreamResponse(object_id=req.object_id, sequence=req.sequence)
+        try:
+            self.check_ready()
+            reply.response.CopyFrom(await self._segment(req.request))
+        except SeganyError as exc:
+            reply.error.code, reply.error.message = exc.grpc_code, str(exc)
+        except Exception:
+            log.exception("rid=%s unexpected error in SegmentStream", REQUEST_ID.get())
+            reply.error.code, reply.error.message = "INTERNAL", _internal_message()
+        return reply
+
+    @unary(needs_ready=False)
+    async def GetModelInfo(self, request, context) -> pb.ModelInfo:
+        s = self.settings
+        shape = [1, 256, 64, 64]
+        info = pb.ModelInfo(
+            variant=str(getattr(self.model, "variant", "unknown")),
+            fingerprint=self.engine.fingerprint,
+            image_size=int(self.engine.predictor.image_size),
+            embedding_shape=shape,
+            preprocess=PREPROCESS_VERSION,
+            mask_threshold=MASK_THRESHOLD,
+            low_res_size=LOW_RES_SIZE,
+            decoder_onnx_available=self._onnx is not None or (
+                s.decoder_onnx_provider is not None and importlib.util.find_spec("segany.onnx") is not None
+            ),
+            ready=self.engine.ready and self.accepting,
+        )
+        info.limits.max_receive_message_bytes = s.max_receive_message_bytes
+        info.limits.max_send_message_bytes = s.max_send_message_bytes
+        info.limits.max_image_bytes = s.max_image_bytes
+        info.limits.max_image_pixels = s.max_image_pixels
+        info.limits.max_image_side = s.max_image_side
+        info.limits.max_points_per_prompt = s.max_points_per_prompt
+        info.limits.max_prompts_per_request = s.max_prompts_per_request
+        info.limits.max_encode_queue = s.encode_queue
+        return info
+
+    @unary(needs_ready=False)
+    async def GetDecoderOnnx(self, request, context) -> pb.DecoderOnnx:
+        provider = self.settings.decoder_onnx_provider
+        if provider is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "this server is configured without an ONNX decoder export")
+        async with self._onnx_lock:
+            if self._onnx is None:
+                loop = asyncio.get_running_loop()
+                try:
+                    data = await loop.run_in_executor(None, provider, self.model)
+                except NotImplementedError as exc:
+                    await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+                if data is None:
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"no ONNX decoder is available for model {self.engine.fingerprint}",
+                    )
+                self._onnx = pb.DecoderOnnx(model=data, model_fingerprint=self.engine.fingerprint,
+                                            sha256=hashlib.sha256(data).hexdigest())
+        self._check_response_size(self._onnx)
+        return self._onnx
+
+    @unary(needs_ready=False)
+    async def GetMetrics(self, request, context) -> pb.Metrics:
+        return pb.Metrics(text=self.metrics.render())
+
+
+def _raw_array(raw: pb.RawImage) -> np.ndarray:
+    h, w, c = raw.height, raw.width, raw.channels
+    if h == 0 or w == 0:
+        raise InvalidImageError(f"raw image has zero size: {h}x{w}")
+    if c not in (1, 3, 4):
+        raise InvalidImageError(f"raw image channels must be 1, 3 or 4, got {c}")
+    if len(raw.pixels) != h * w * c:
+        raise InvalidImageError(
+            f"raw image pixels must be height*width*channels = {h * w * c} bytes (uint8, C order), got "
+            f"{len(raw.pixels)}"
+        )
+    return np.frombuffer(raw.pixels, dtype=np.uint8).reshape(h, w, c)
