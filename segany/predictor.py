@@ -59,6 +59,8 @@ class Predictor:
         self.device = next(model.parameters()).device
         self.image_size = model.image_size
         self.fingerprint: str = getattr(model, "fingerprint", "unknown")
+        with torch.inference_mode():  # a constant of the weights: computed once, not per prompt
+            self._dense_pe = model.prompt_encoder.get_dense_pe()
 
     # ------------------------------------------------------------------------------------------------ encoding
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
@@ -192,7 +194,7 @@ class Predictor:
         if first.mask_input is not None:
             masks = torch.as_tensor(np.stack([p.mask_input for p in prompts]), dtype=torch.float32, device=dev)
         emb = embedding.image_embeddings.to(dev, torch.float32)
-        return self.model.decode(emb, coords, labels, boxes, masks, multimask)
+        return self.model.decode(emb, coords, labels, boxes, masks, multimask, image_pe=self._dense_pe)
 
 
 def _group_by_shape(prompts: Sequence[Prompt]) -> list[list[int]]:

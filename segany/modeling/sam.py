@@ -56,13 +56,15 @@ class Sam(nn.Module):
         boxes: torch.Tensor | None,
         mask_input: torch.Tensor | None,
         multimask_output: bool,
+        image_pe: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder for B prompts on one image; coordinates in the input frame.
 
+        ``image_pe`` is ``prompt_encoder.get_dense_pe()``; callers that decode often pass it precomputed.
         Returns low-res logits (B, M, 256, 256) and IoU predictions (B, M).
         """
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
-        return self.mask_decoder(
-            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
-        )
+        if image_pe is None:
+            image_pe = self.prompt_encoder.get_dense_pe()
+        return self.mask_decoder(image_embeddings, image_pe, sparse, dense, multimask_output)
