@@ -1,0 +1,219 @@
+"""Engine: one encode per image however many concurrent callers, micro-batches, bounded queue, cancellation,
+decodes that do not wait behind encodes, ids and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segany.cache import MemoryCache
+from segany.engine import STAGES, Engine, EngineSettings
+from segany.errors import InvalidInputError, InvalidPromptError, NotFoundError, ResourceExhaustedError
+from segany.mask_outputs import OutputSpec
+from segany.predictor import Predictor
+from segany.prompts import make_prompt
+from tests.conftest import random_image
+
+
+class CountingPredictor(Predictor):
+    """The real predictor, counting encoder calls and optionally slowed down (or held) inside the encoder."""
+
+    def __init__(self, model, delay: float = 0.0) -> None:
+        super().__init__(model)
+        self.delay = delay
+        self.calls: list[int] = []
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def encode_batch(self, images):
+        self.calls.append(len(images))
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(30)
+        if self.delay:
+            time.sleep(self.delay)
+        return super().encode_batch(images)
+
+
+def png(seed: int, size=(48, 64)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(random_image(*size, seed=seed)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_engine(model, **settings) -> tuple[Engine, CountingPredictor]:
+    predictor = CountingPredictor(model)
+    return Engine(predictor, MemoryCache(64 << 20), EngineSettings(**settings)), predictor
+
+
+def test_sixteen_concurrent_embeds_of_one_image_encode_once(tiny_model):
+    engine, predictor = make_engine(tiny_model)
+    data = png(1)
+
+    async def main():
+        results = await asyncio.gather(*(engine.embed_bytes(data) for _ in range(16)))
+        again = await engine.embed_bytes(data)
+        await engine.close()
+        return results, again
+
+    results, again = asyncio.run(main())
+    assert predictor.calls == [1]
+    assert len({r.image_id for r in results}) == 1
+    assert again.cached and again.image_id == results[0].image_id
+    assert engine.stats.encode_merged == 15
+
+
+def test_distinct_images_are_micro_batched(tiny_model):
+    engine, predictor = make_engine(tiny_model, encode_batch=4)
+    predictor.gate = threading.Event()
+    images = [png(s) for s in range(6)]
+
+    async def main():
+        first = asyncio.ensure_future(engine.embed_bytes(images[0]))
+        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        rest = [asyncio.ensure_future(engine.embed_bytes(d)) for d in images[1:]]
+        while engine.queue_depth() < 5:  # all five decoded and queued behind the held first batch
+            await asyncio.sleep(0.01)
+        predictor.gate.set()
+        out = await asyncio.gather(first, *rest)
+        await engine.close()
+        return out
+
+    out = asyncio.run(main())
+    assert predictor.calls == [1, 4, 1]
+    assert len({r.image_id for r in out}) == 6
+
+
+def test_full_queue_is_resource_exhausted(tiny_model):
+    engine, predictor = make_engine(tiny_model, max_queue=2, encode_batch=1)
+    predictor.gate = threading.Event()
+
+    async def main():
+        first = asyncio.ensure_future(engine.embed_bytes(png(0)))
+        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        queued = [asyncio.ensure_future(engine.embed_bytes(png(s))) for s in (1, 2)]
+        while engine.queue_depth() < 2:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ResourceExhaustedError, match=r"encode queue is full \(2 images waiting, at most 2\)"):
+            await engine.embed_bytes(png(3))
+        # joining an image already queued is not a new job: accepted
+        joined = asyncio.ensure_future(engine.embed_bytes(png(1)))
+        predictor.gate.set()
+        await asyncio.gather(first, *queued, joined)
+        await engine.close()
+
+    asyncio.run(main())
+    assert engine.stats.encode_rejected == 1
+
+
+def test_cancelled_callers_free_their_queued_work(tiny_model):
+    engine, predictor = make_engine(tiny_model, encode_batch=1)
+    predictor.gate = threading.Event()
+
+    async def main():
+        first = asyncio.ensure_future(engine.embed_bytes(png(0)))
+        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        doomed = [asyncio.ensure_future(engine.embed_bytes(png(9))) for _ in range(3)]
+        while engine.queue_depth() < 1:
+            await asyncio.sleep(0.01)
+        for task in doomed:
+            task.cancel()
+        await asyncio.gather(*doomed, return_exceptions=True)
+        assert engine.queue_depth() == 0
+        predictor.gate.set()
+        await first
+        await engine.close()
+
+    asyncio.run(main())
+    assert predictor.calls == [1]  # the cancelled image never reached the encoder
+    assert engine.stats.encode_cancelled == 1
+
+
+def test_decode_does_not_wait_behind_an_encode(tiny_model):
+    engine, predictor = make_engine(tiny_model)
+    prompt = make_prompt((48, 64), [[10, 10]], [1])
+
+    async def main():
+        cached = await engine.embed_bytes(png(0))
+        predictor.gate = threading.Event()
+        predictor.entered.clear()
+        slow = asyncio.ensure_future(engine.embed_bytes(png(1)))
+        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        out = await asyncio.wait_for(engine.segment(cached.embedding, [prompt]), 20)
+        assert not slow.done()  # the encoder is still held while the decode finished
+        predictor.gate.set()
+        await slow
+        await engine.close()
+        return out
+
+    out = asyncio.run(main())
+    assert len(out) == 1 and len(out[0].candidates) == 3
+
+
+def test_segment_matches_the_predictor(tiny_model):
+    engine, predictor = make_engine(tiny_model)
+    image = random_image(40, 56, seed=3)
+
+    async def main():
+        embedded = await engine.embed_array(image)
+        prompts = [make_prompt((40, 56), [[20, 10]], [1]), make_prompt((40, 56), box=[5, 5, 30, 30])]
+        spec = OutputSpec(masks=True, low_res_logits=True, rle=False, bbox=False)
+        out = await engine.segment(embedded.embedding, prompts, True, spec)
+        best = await engine.segment(embedded.embedding, prompts[:1], True, OutputSpec(masks=True, best_only=True))
+        await engine.close()
+        return embedded, out, best
+
+    embedded, out, best = asyncio.run(main())
+    ref = predictor.predict(embedded.embedding, points=[[20, 10]], labels=[1], multimask=True)
+    np.testing.assert_array_equal(np.stack([c.mask for c in out[0].candidates]), ref.masks)
+    np.testing.assert_allclose(out[0].scores, ref.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[0].candidates[1].low_res_logits, ref.low_res_logits[1], rtol=1e-5, atol=1e-5)
+    assert [c.index for c in best[0].candidates] == [ref.best]
+    np.testing.assert_array_equal(best[0].candidates[0].mask, ref.masks[ref.best])
+
+
+def test_ids_errors_and_stages(tiny_model):
+    engine, _ = make_engine(tiny_model, max_prompts=2)
+    prompt = make_prompt((48, 64), [[1, 1]], [1])
+
+    async def main():
+        STAGES.set({})
+        embedded = await engine.embed_bytes(png(5))
+        stages = dict(STAGES.get())
+        assert (await engine.lookup(embedded.image_id)) is not None
+        with pytest.raises(NotFoundError, match="call Embed with the image bytes first"):
+            await engine.lookup("0" * 64)
+        with pytest.raises(InvalidInputError, match="64 lowercase hex"):
+            await engine.lookup("../../etc/passwd")
+        with pytest.raises(InvalidPromptError, match="too many prompts in one call: 3, at most 2"):
+            await engine.segment(embedded.embedding, [prompt] * 3)
+        with pytest.raises(NotFoundError, match="not held any more"):
+            engine.mask_logits("m" + "0" * 32)
+        await engine.close()
+        return embedded, stages
+
+    embedded, stages = asyncio.run(main())
+    assert len(embedded.image_id) == 64
+    assert {"hash", "cache", "decode_image", "queue_wait", "encode"} <= set(stages)
+
+
+def test_same_pixels_same_id_different_bytes_different_id(tiny_model):
+    engine, _ = make_engine(tiny_model)
+    image = random_image(32, 32, seed=7)
+
+    async def main():
+        a = await engine.embed_array(image)
+        b = await engine.embed_array(image.copy())
+        c = await engine.embed_bytes(png(7, (32, 32)))
+        await engine.close()
+        return a, b, c
+
+    a, b, c = asyncio.run(main())
+    assert a.image_id == b.image_id and b.cached
+    assert c.image_id != a.image_id  # file bytes and raw pixels hash differently: never a false hit
