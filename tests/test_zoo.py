@@ -1,0 +1,145 @@
+"""Model zoo downloads against a local HTTP server on 127.0.0.1: good, corrupt, truncated (resume), wrong hash."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import segany
+from segany import zoo
+from segany.cli.main import main as cli_main
+from segany.errors import DownloadError
+from segany.models import VARIANTS, Variant
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    cut_after: dict[str, int] = {}  # send only this many bytes of the body, then drop the connection
+    requests: list[tuple[str, str | None]] = []
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        name = self.path.lstrip("/")
+        self.requests.append((name, self.headers.get("Range")))
+        if name not in self.files:
+            self.send_error(404)
+            return
+        data = self.files[name]
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            if start >= len(data):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        cut = self.cut_after.pop(name, None)
+        self.wfile.write(body if cut is None else body[:cut])
+        if cut is not None:
+            self.wfile.flush()
+            self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch, tiny_model):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    ckpt = tmp_path / "src.pth"
+    torch.save(tiny_model.state_dict(), ckpt)
+    data = ckpt.read_bytes()
+    _Handler.files = {"tiny_release.pth": data, "corrupt.pth": data[:-10] + b"x" * 10}
+    _Handler.cut_after = {}
+    _Handler.requests = []
+    md5 = hashlib.md5(data).hexdigest()
+    monkeypatch.setenv("SEGANY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SEGANY_MODEL_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.chdir(tmp_path)
+    base = VARIANTS["test-tiny"]
+    for name, filename, digest in [("zoo-good", "tiny_release.pth", md5), ("zoo-corrupt", "corrupt.pth", md5),
+                                   ("zoo-missing", "absent.pth", md5)]:
+        monkeypatch.setitem(VARIANTS, name, Variant(name, base.build_encoder, "test", filename=filename,
+                                                    url="http://unused.invalid/" + filename, md5=digest))
+    yield data
+    httpd.shutdown()
+
+
+def test_download_verifies_and_loads(server, tiny_model):
+    path = zoo.resolve_checkpoint("zoo-good", progress=False)
+    assert path == zoo.cache_dir() / "tiny_release.pth" and path.read_bytes() == server
+    model = segany.models.load_checkpoint(path)
+    assert model.fingerprint == tiny_model.fingerprint
+    # second call finds the local file, no new request
+    before = len(_Handler.requests)
+    assert zoo.resolve_checkpoint("zoo-good") == path
+    assert len(_Handler.requests) == before
+
+
+def test_wrong_hash_is_refused_and_removed(server):
+    with pytest.raises(DownloadError, match="MD5"):
+        zoo.resolve_checkpoint("zoo-corrupt", progress=False)
+    assert not list(zoo.cache_dir().glob("corrupt.pth*"))
+
+
+def test_truncated_download_resumes(server):
+    _Handler.cut_after["tiny_release.pth"] = 5000
+    with pytest.raises(DownloadError, match="broke off"):
+        zoo.resolve_checkpoint("zoo-good", progress=False)
+    part = zoo.cache_dir() / "tiny_release.pth.part"
+    assert part.stat().st_size == 5000
+    path = zoo.resolve_checkpoint("zoo-good", progress=False)
+    assert path.read_bytes() == server
+    assert _Handler.requests[-1] == ("tiny_release.pth", "bytes=5000-")
+    assert not part.exists()
+
+
+def test_size_mismatch(server, tmp_path):
+    with pytest.raises(DownloadError, match="expected"):
+        zoo.download_file(zoo.source_url(VARIANTS["zoo-good"]), tmp_path / "x.pth", size=12, progress=False)
+
+
+def test_http_error_is_typed(server):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        zoo.resolve_checkpoint("zoo-missing", progress=False)
+
+
+def test_local_file_in_checkpoint_dir_wins(server, tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "tiny_release.pth").write_bytes(server)
+    monkeypatch.setenv("SEGANY_CHECKPOINT_DIR", str(folder))
+    assert zoo.resolve_checkpoint("zoo-good") == folder / "tiny_release.pth"
+    assert not _Handler.requests
+
+
+def test_models_cli_lists_variants(capsys, server):
+    assert cli_main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("segany-lite", "vit_b", "vit_l", "vit_h", "vit_t"):
+        assert name in out
+    assert "sam_vit_b_01ec64.pth" in out
+
+
+def test_models_cli_download_error_exit_code(capsys, server):
+    assert cli_main(["models", "download", "zoo-corrupt"]) == 3
+    assert "MD5" in capsys.readouterr().err
+
+
+def test_release_facts_in_table():
+    assert VARIANTS["vit_b"].md5 == "01ec64d29a2fca3f0661936605ae66f8"
+    assert VARIANTS["vit_l"].md5 == "0b3195507c641ddb6910d2bb5adee89c"
+    assert VARIANTS["vit_h"].md5 == "4b8939a88964f0f4ff5f5b2642c598a6"
+    for name in ("vit_b", "vit_l", "vit_h"):
+        assert VARIANTS[name].md5.startswith(Path(VARIANTS[name].filename).stem.split("_")[-1])
