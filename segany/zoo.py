@@ -65,7 +65,8 @@ def resolve_checkpoint(name: str, download: bool = True, progress: bool = True) 
     if url is None or variant.filename is None:
         raise UnknownModelError(f"variant {name!r} has no weights to download; pass --checkpoint PATH")
     if not download:
-        raise DownloadError(f"{variant.filename} is not on this machine (looked in {', '.join(map(str, search_paths()))})")
+        looked = ", ".join(map(str, search_paths()))
+        raise DownloadError(f"{variant.filename} is not on this machine (looked in {looked})")
     return download_file(url, cache_dir() / variant.filename, md5=variant.md5, progress=progress)
 
 
