@@ -90,6 +90,9 @@ def decode_image(data: bytes | bytearray | memoryview, limits: ImageLimits = DEF
     try:
         image = Image.open(io.BytesIO(bytes(data)))
     except UnidentifiedImageError:
+        dims = _png_header_size(data)
+        if dims is not None and 0 in dims:  # Pillow refuses to identify these; say what is actually wrong
+            raise InvalidImageError(f"image has zero size: {dims[0]}x{dims[1]} pixels (PNG header)") from None
         raise InvalidImageError(
             f"cannot identify the image format ({size} bytes, starting {bytes(data[:8])!r}); "
             f"accepted: {', '.join(ACCEPTED_FORMATS)}"
@@ -117,6 +120,15 @@ def decode_image(data: bytes | bytearray | memoryview, limits: ImageLimits = DEF
             return _pil_to_rgb(upright)
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
             raise InvalidImageError(f"{image.format} image data is truncated or corrupt: {exc}") from None
+
+
+def _png_header_size(data) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR, or None when ``data`` does not start like a PNG."""
+    head = bytes(data[:24])
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
 
 
 def _pil_to_rgb(image) -> np.ndarray:

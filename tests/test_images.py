@@ -96,7 +96,7 @@ def test_empty_bytes():
 
 
 def test_zero_width_header():
-    with pytest.raises(InvalidImageError):
+    with pytest.raises(InvalidImageError, match=r"image has zero size: 0x10 pixels"):
         decode_image(png_header_only(0, 10))
 
 
