@@ -1,0 +1,54 @@
+"""`segany serve` as a user runs it: prints the chosen port, serves, stops gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segany.client import Client
+from tests.service.conftest import png_bytes, random_image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_serve_port_zero_prints_the_port_and_stops_on_sigterm(tiny_model, tmp_path):
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(tiny_model.state_dict(), checkpoint)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segany", "serve", "--host", "127.0.0.1", "--port", "0", "--checkpoint",
+         str(checkpoint), "--cache-bytes", "64MiB", "--threads", "1", "--grace", "5"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("segany serving on 127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
+        port = int(line.strip().rsplit(":", 1)[1])
+        with Client(f"127.0.0.1:{port}") as c:
+            c.wait_ready(60)
+            img = c.embed(png_bytes(random_image(32, 48)))
+            res = c.segment(img.id, points=[[10, 10]], labels=[1], multimask=True)
+            assert res.masks.shape == (3, 32, 48) and res.scores.shape == (3,)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert "segany stopped" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_serve_rejects_bad_flags():
+    out = subprocess.run([sys.executable, "-m", "segany", "serve", "--model", "vit_b", "--checkpoint", "x.pt"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "segany", "serve", "--checkpoint", "/nonexistent.pt", "--port", "0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "nonexistent" in out.stderr
