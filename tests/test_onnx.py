@@ -1,0 +1,161 @@
+"""Every ONNX export against the torch predictor on the same inputs (onnxruntime, CPU).
+
+Tolerances: logits within 1e-4 absolute; masks identical except where the torch logit is within 1e-3 of the
+threshold (float rounding between two runtimes may break such ties either way).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import segany
+import segany.prompts
+from segany.onnx import export_decoder, export_encoder, public_feeds, session
+from segany.transforms import boxes_to_input
+from tests.conftest import random_image
+
+pytest.importorskip("onnxruntime")
+
+ATOL = 1e-4
+TIE = 1e-3
+SIZES = [(480, 640), (1500, 2250), (300, 2000), (777, 500)]
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return segany.Predictor(segany.build_model("test-tiny", seed=0), precision="exact")
+
+
+@pytest.fixture(scope="module")
+def embeddings(predictor):
+    return {size: predictor.encode(random_image(*size, seed=size[0])) for size in SIZES}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, predictor):
+    folder = tmp_path_factory.mktemp("onnx")
+    model = predictor.model
+    paths = {
+        "single": export_decoder(model, folder / "single.onnx").path,
+        "multi": export_decoder(model, folder / "multi.onnx", multimask=True).path,
+        "batched": export_decoder(model, folder / "batched.onnx", batched=True).path,
+        "batched_multi_lowres": export_decoder(
+            model, folder / "bm.onnx", batched=True, multimask=True, upsample=False
+        ).path,
+    }
+    from segany.optimize import configure
+
+    configure(model, "exact")  # export switched attention to the plain path; keep the predictor exact
+    return {name: session(path) for name, path in paths.items()}
+
+
+def _prompts(h, w, low):
+    pts = np.array([[w * 0.3, h * 0.4], [w * 0.62, h * 0.55]])
+    box = np.array([w * 0.1, h * 0.2, w * 0.7, h * 0.9])
+    return {
+        "click": dict(points=pts[:1], labels=[1]),
+        "clicks": dict(points=pts, labels=[1, 0]),
+        "box": dict(box=box),
+        "box_click": dict(points=pts[:1], labels=[1], box=box),
+        "mask": dict(points=pts[:1], labels=[1], mask_input=low),
+    }
+
+
+def _same_masks(onnx_logits, torch_logits):
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=ATOL * 10, rtol=1e-4)
+    differ = (onnx_logits > 0) != (torch_logits > 0)
+    assert np.all(np.abs(torch_logits[differ]) < TIE), f"{differ.sum()} pixels differ away from the threshold"
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_public_interface_matches_torch(predictor, embeddings, exported, size):
+    h, w = size
+    emb = embeddings[size]
+    low = predictor.predict(emb, points=[[w / 2, h / 2]], labels=[1]).low_res_logits[0]
+    for name, kw in _prompts(h, w, low).items():
+        ref = predictor.predict(emb, multimask=True, return_logits=True, **kw)
+        feeds = public_feeds(emb.image_embeddings.numpy(), size, **kw)
+        masks, iou, low_res = exported["multi"].run(None, feeds)
+        assert masks.shape == (1, 4, h, w), name
+        np.testing.assert_allclose(low_res[0, 1:], ref.low_res_logits, atol=ATOL, err_msg=name)
+        np.testing.assert_allclose(iou[0, 1:], ref.scores, atol=ATOL, err_msg=name)
+        _same_masks(masks[0, 1:], ref.masks)
+        # single-mask export: best of tokens 1..3 for <= 2 points (a box counts two), else token 0
+        masks1, iou1, _ = exported["single"].run(None, feeds)
+        n_points = feeds["point_coords"].shape[1]
+        if n_points <= 2:
+            i = int(np.argmax(ref.scores))
+            _same_masks(masks1[0, 0], ref.masks[i])
+        else:
+            ref0 = predictor.predict(emb, multimask=False, return_logits=True, **kw)
+            _same_masks(masks1[0, 0], ref0.masks[0])
+
+
+def test_batched_decoder_matches_predict_batch(predictor, embeddings, exported):
+    size = (1500, 2250)
+    emb = embeddings[size]
+    boxes = np.array([[10, 20, 800, 900], [100, 50, 2000, 1400], [0, 0, 2249, 1499], [500, 500, 600, 640]], float)
+    n = len(boxes)
+    feeds = {
+        "image_embeddings": emb.image_embeddings.numpy(),
+        "point_coords": boxes_to_input(boxes, size).reshape(n, 2, 2).astype(np.float32),
+        "point_labels": np.tile(np.array([[2, 3]], np.float32), (n, 1)),
+        "mask_input": np.zeros((n, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(n, np.float32),
+        "orig_im_size": np.array(size, np.float32),
+    }
+    iou, low, masks = exported["batched"].run(None, feeds)
+    assert masks.shape == (n, 1, *size)
+    ref = predictor.predict_prompts(
+        emb, [segany.prompts.make_prompt(size, box=b) for b in boxes], multimask=False, return_logits=True
+    )
+    for i in range(n):
+        np.testing.assert_allclose(low[i], ref[i].low_res_logits, atol=ATOL)
+        np.testing.assert_allclose(iou[i], ref[i].scores, atol=ATOL)
+        _same_masks(masks[i], ref[i].masks)
+    del feeds["orig_im_size"]  # the low-res-only graph does not take it
+    iou3, low3 = exported["batched_multi_lowres"].run(None, feeds)
+    assert low3.shape == (n, 3, 256, 256)
+    ref3 = predictor.predict_prompts(emb, [segany.prompts.make_prompt(size, box=b) for b in boxes], multimask=True)
+    np.testing.assert_allclose(low3, np.stack([r.low_res_logits for r in ref3]), atol=ATOL)
+
+
+def test_quantized_decoder_reports_iou(tmp_path, predictor, embeddings):
+    path = tmp_path / "q.onnx"
+    report = export_decoder(predictor.model, path, multimask=False, quantize=True)
+    assert report.bytes < 6 * 2**20  # int8 weights: about a quarter of the 16.5 MB fp32 file
+    assert not (tmp_path / "q.fp32.onnx").exists()
+    sess = session(path)
+    size = (480, 640)
+    emb = embeddings[size]
+    feeds = public_feeds(emb.image_embeddings.numpy(), size, box=[50, 60, 400, 300])
+    masks, _, _ = sess.run(None, feeds)
+    assert masks.shape == (1, 1, *size)
+
+
+@pytest.mark.slow
+def test_encoder_export_matches_torch(tmp_path, predictor):
+    path = tmp_path / "enc.onnx"
+    export_encoder(predictor.model, path)
+    image = random_image(300, 400, seed=3)
+    x, _, _ = predictor.preprocess(image)
+    (out,) = session(path).run(None, {"image": x.numpy()})
+    np.testing.assert_allclose(out, predictor.encode(image).image_embeddings.numpy(), atol=1e-4)
+
+
+def test_export_cli(tmp_path, capsys):
+    import torch
+
+    from segany.cli.main import main
+
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(segany.build_model("test-tiny", seed=0).state_dict(), ckpt)
+    out = tmp_path / "dec.onnx"
+    assert main(["export", "decoder", "--checkpoint", str(ckpt), "--output", str(out), "--quantize"]) == 0
+    line = capsys.readouterr().out
+    assert out.is_file() and "mask IoU" in line
+    iou = float(line.rsplit("mask IoU", 1)[1])
+    assert iou >= 0.9  # random weights; the shipped model's figure is in the benchmarks
+    assert main(["export", "decoder", "--checkpoint", str(ckpt), "-o", str(tmp_path / "b.onnx"), "--batched"]) == 0
+    assert main(["export", "decoder", "--checkpoint", str(tmp_path / "missing.pth"), "-o", str(out)]) == 2
