@@ -290,8 +290,8 @@ class Engine:
         if job is not None:
             self.stats.encode_merged += 1
             job.waiters += 1
-            embedding, _ = await self._wait(job)
-            return Embedded(key, embedding, False)
+            embedding, cached = await self._wait(job)
+            return Embedded(key, embedding, cached)
         job = _EncodeJob(key, asyncio.get_running_loop().create_future())
         self._jobs[key] = job
         # Preparing runs as its own task: joiners must not depend on the first caller staying around.

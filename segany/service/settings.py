@@ -47,8 +47,26 @@ def default_decoder_onnx_provider(model: Any) -> bytes | None:
         ) from None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "decoder.onnx"
-        export_decoder(model, path, multimask=True)
+        export_decoder(_decoder_only_copy(model), path, multimask=True)
         return path.read_bytes()
+
+
+def _decoder_only_copy(model: Any) -> Any:
+    """The model with its own copies of the prompt encoder and mask decoder and no image encoder.
+
+    Export reconfigures modules (plain attention for tracing) and runs while the server keeps serving with the
+    original; copying the two small parts keeps the live model untouched without copying the encoder.
+    """
+    import copy
+
+    from torch import nn
+
+    clone = copy.copy(model)
+    clone._modules = dict(model._modules)
+    clone._modules["prompt_encoder"] = copy.deepcopy(model.prompt_encoder)
+    clone._modules["mask_decoder"] = copy.deepcopy(model.mask_decoder)
+    clone._modules["image_encoder"] = nn.Identity()
+    return clone
 
 
 @dataclass

@@ -8,7 +8,7 @@ import concurrent.futures
 import numpy as np
 import pytest
 
-from segany.client import AsyncClient, Client, NotFound, Unimplemented
+from segany.client import AsyncClient, Client, FailedPrecondition, NotFound, Unimplemented
 from segany.container import decode_container
 from segany.masks import Polygon as MaskPolygon
 from segany.masks import decode_png, polygons_to_mask
@@ -132,9 +132,20 @@ def test_reflection_lists_the_service(server):
     assert {"segany.v1.Segany", "grpc.health.v1.Health"} <= names
 
 
-def test_decoder_onnx_hook(tiny_model, server):
-    with Client(server.address) as c, pytest.raises(Unimplemented, match="ONNX"):
-        c.decoder_onnx()  # segany.onnx not installed here, or no provider: a clear UNIMPLEMENTED
+def test_decoder_onnx_hook(tiny_model):
+    def not_here(model):
+        raise NotImplementedError("no exporter in this build")
+
+    cases = [(None, Unimplemented, "configured without an ONNX decoder export"),
+             (not_here, Unimplemented, "no exporter in this build"),
+             (lambda model: None, FailedPrecondition, "no ONNX decoder is available for model")]
+    for provider, error, message in cases:
+        srv = ServerThread(tiny_model, warmup=False, decoder_onnx_provider=provider).start()
+        try:
+            with Client(srv.address) as c, pytest.raises(error, match=message):
+                c.decoder_onnx()
+        finally:
+            srv.stop()
     srv = ServerThread(tiny_model, warmup=False, decoder_onnx_provider=lambda model: b"onnx-bytes").start()
     try:
         with Client(srv.address) as c:
@@ -142,6 +153,19 @@ def test_decoder_onnx_hook(tiny_model, server):
             assert c.model_info().decoder_onnx_available
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_default_onnx_provider_exports_without_touching_the_live_model(server):
+    pytest.importorskip("segany.onnx")
+    onnx = pytest.importorskip("onnx")
+    sdpa_before = [m.use_sdpa for m in server.model.modules() if hasattr(m, "use_sdpa")]
+    with Client(server.address, timeout=300) as c:
+        data = c.decoder_onnx()
+        graph = onnx.load_from_string(data)
+        assert {i.name for i in graph.graph.input} >= {"image_embeddings", "point_coords", "point_labels"}
+        assert c.decoder_onnx() == data  # exported once, then cached
+    assert [m.use_sdpa for m in server.model.modules() if hasattr(m, "use_sdpa")] == sdpa_before
 
 
 def test_async_client_has_the_same_methods(server, image):

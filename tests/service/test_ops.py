@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from segany.client import Client, DeadlineExceeded, InvalidArgument, Unauthenticated, Unavailable
+from segany.client import Client, DeadlineExceeded, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
 from segany.errors import InvalidInputError
 from segany.service.settings import Settings
 from tests.service.conftest import ServerThread, png_bytes, random_image
@@ -124,7 +124,8 @@ def test_not_serving_until_warm_then_retries_succeed(tiny_model):
         before = srv.service.metrics.requests.value(method="Segment", code="INVALID_ARGUMENT")
         with Client(srv.address, retries=5) as c, pytest.raises(InvalidArgument):
             c.segment(png_bytes(random_image(16, 16)), box=[5, 5, 1, 1])
-        # not retried: INVALID_ARGUMENT is final
+        # not retried: INVALID_ARGUMENT is final (the interceptor records just after the status is sent)
+        time.sleep(0.2)
         assert srv.service.metrics.requests.value(method="Segment", code="INVALID_ARGUMENT") == before + 1
     finally:
         gate.set()
@@ -185,3 +186,35 @@ def test_settings_from_env_and_validation():
         Settings.from_env({}, max_image_bytes="100MiB")
     with pytest.raises(InvalidInputError, match="either a model name or a checkpoint"):
         Settings.from_env({}, model="vit_b", checkpoint="/x.pt")
+
+
+def test_disk_cache_survives_a_restart(tiny_model, tmp_path):
+    data = png_bytes(random_image(32, 40, seed=21))
+    first = ServerThread(tiny_model, warmup=False, cache_bytes=0, cache_dir=str(tmp_path), cache_disk_bytes="64MiB")
+    first.start()
+    try:
+        with Client(first.address) as c:
+            image_id = c.embed(data).id
+    finally:
+        first.stop()
+    second = ServerThread(tiny_model, warmup=False, cache_dir=str(tmp_path), cache_disk_bytes="64MiB").start()
+    try:
+        with Client(second.address) as c:
+            res = c.segment(image_id, points=[[5, 5]], labels=[1])  # the id still works after the restart
+            assert res.masks.shape == (3, 32, 40)
+            assert c.embed(data).cached
+        assert second.engine.stats.encode_images == 0
+    finally:
+        second.stop()
+
+
+def test_response_over_the_send_limit_is_refused_with_advice(tiny_model):
+    srv = ServerThread(tiny_model, warmup=False, max_send_message_bytes="1MiB", max_image_bytes="1MiB").start()
+    try:
+        with Client(srv.address) as c:
+            img = c.embed(png_bytes(random_image(32, 32, seed=22)))
+            with pytest.raises(ResourceExhausted, match=r"the response would be \d+ bytes, over this server's limit"):
+                c.embed(img, return_embedding=True)  # 4 MiB of fp32
+            assert len(c.embed(img).id) == 64  # the server goes on
+    finally:
+        srv.stop()
