@@ -1,0 +1,90 @@
+"""Client pieces that need no server: the public API, conversions, and the status-code -> exception mapping."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+import segany.client as client
+from segany import errors
+from segany.service.proto import segany_pb2 as pb
+
+
+def test_public_api_is_pinned():
+    assert sorted(client.__all__) == sorted([
+        "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TIMEOUT", "AsyncClient", "Cancelled", "Client", "DeadlineExceeded",
+        "EmbeddedImage", "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "Outputs",
+        "PermissionDenied", "ResourceExhausted", "SegmentResult", "ServiceError", "StreamResult", "Unauthenticated",
+        "Unavailable", "Unimplemented", "error_from_rpc", "image_source", "make_prompt", "parse_result",
+        "segment_request",
+    ])
+    for name in client.__all__:
+        assert hasattr(client, name)
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code, details, request_id=None):
+        self._code, self._details, self._rid = code, details, request_id
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+    def initial_metadata(self):
+        return (("x-request-id", self._rid),) if self._rid else ()
+
+
+@pytest.mark.parametrize("code, cls, base", [
+    (grpc.StatusCode.INVALID_ARGUMENT, client.InvalidArgument, errors.InvalidInputError),
+    (grpc.StatusCode.NOT_FOUND, client.NotFound, errors.NotFoundError),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, client.ResourceExhausted, errors.ResourceExhaustedError),
+    (grpc.StatusCode.UNAVAILABLE, client.Unavailable, errors.UnavailableError),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, client.DeadlineExceeded, errors.DeadlineExceededError),
+    (grpc.StatusCode.UNAUTHENTICATED, client.Unauthenticated, errors.UnauthenticatedError),
+    (grpc.StatusCode.FAILED_PRECONDITION, client.FailedPrecondition, errors.SeganyError),
+    (grpc.StatusCode.UNIMPLEMENTED, client.Unimplemented, errors.SeganyError),
+    (grpc.StatusCode.INTERNAL, client.Internal, errors.InternalError),
+    (grpc.StatusCode.DATA_LOSS, client.Internal, errors.InternalError),
+])
+def test_status_codes_map_to_typed_errors(code, cls, base):
+    exc = client.error_from_rpc(FakeRpcError(code, "what was wrong", "rid-1"))
+    assert type(exc) is cls and isinstance(exc, base) and isinstance(exc, client.ServiceError)
+    assert exc.code == code and exc.message == "what was wrong" and exc.request_id == "rid-1"
+
+
+def test_image_sources():
+    assert client.image_source(b"\x89PNG").WhichOneof("source") == "image_bytes"
+    assert client.image_source("a" * 64).image_id == "a" * 64
+    raw = client.image_source(np.zeros((4, 5, 3), np.uint8)).raw
+    assert (raw.height, raw.width, raw.channels, len(raw.pixels)) == (4, 5, 3, 60)
+    raw16 = client.image_source(np.zeros((4, 5), np.uint16)).raw
+    assert (raw16.channels, len(raw16.pixels)) == (3, 60)  # converted to RGB uint8 before sending
+    img = client.EmbeddedImage("b" * 64, 4, 5, False, "fp")
+    assert client.image_source(img).image_id == "b" * 64
+    with pytest.raises(errors.InvalidInputError):
+        client.image_source(3.5)
+
+
+def test_prompts_and_results_round_trip():
+    prompt = client.make_prompt([[1, 2], [3, 4]], [1, 0], box=[0, 0, 5, 5], mask_input=np.zeros((256, 256)))
+    assert [(p.x, p.y, p.label) for p in prompt.points] == [(1, 2, 1), (3, 4, 0)]
+    assert len(prompt.mask_logits) == 256 * 256 * 4 and prompt.box.x1 == 5
+    assert client.make_prompt(mask_input="m" + "0" * 32).mask_id == "m" + "0" * 32
+    with pytest.raises(errors.InvalidPromptError, match="labels must be 1"):
+        client.make_prompt([[1, 2]], [3])
+    from segany.masks import encode_rle
+
+    mask = np.zeros((6, 7), bool)
+    mask[1:4, 2:5] = True
+    rle = encode_rle(mask)
+    result = pb.PromptResult(scores=[0.1, 0.9, 0.5], best_index=1)
+    c = result.candidates.add(score=0.9, index=1, area=9)
+    c.rle.height, c.rle.width, c.rle.counts = 6, 7, rle["counts"].encode()
+    c.bbox.extend([2, 1, 2, 2])
+    parsed = client.parse_result(result)
+    np.testing.assert_array_equal(parsed.masks[0], mask)
+    assert parsed.indices.tolist() == [1] and parsed.all_scores.tolist() == pytest.approx([0.1, 0.9, 0.5])
+    assert parsed.boxes.tolist() == [[2, 1, 2, 2]] and parsed.best == 0
