@@ -475,7 +475,8 @@ class Engine:
         with torch.inference_mode():
             low_res, scores = self.predictor.predict_low_res(embedding, prompts, multimask)
             outputs = render_outputs(
-                low_res, scores, embedding.input_size, embedding.original_size, self.predictor.image_size, spec
+                low_res, scores, embedding.input_size, embedding.original_size, self.predictor.image_size, spec,
+                self.predictor.precision,
             )
             if keep:
                 low_np = low_res.float().cpu().numpy()

@@ -86,6 +86,7 @@ def render_outputs(
     original_size: tuple[int, int],
     image_size: int,
     spec: OutputSpec,
+    precision: str = "exact",
 ) -> list[PromptOutput]:
     """Decoder output -> per-prompt outputs.
 
@@ -93,7 +94,10 @@ def render_outputs(
         low_res: (B, C, 256, 256) float logits; scores: (B, C).
         input_size, original_size: (h, w) resized-before-padding and (H, W) original, pixels.
         image_size: the model's input side (1024).
+        precision: the predictor's; upsampling follows the predictor's choice for it, so masks equal
+            ``Predictor.predict``'s.
     """
+    upscale = _upscaler(precision)
     scores_np = scores.float().cpu().numpy()
     low_np = low_res.float().cpu().numpy() if spec.low_res_logits else None
     results = []
@@ -102,8 +106,8 @@ def render_outputs(
         chosen = [best] if spec.best_only else list(range(low_res.shape[1]))
         candidates = [CandidateOutput(index=c, score=float(scores_np[b, c])) for c in chosen]
         if spec.needs_full_size:
-            logits = upscale_logits(low_res[b : b + 1, chosen], input_size, original_size, image_size)[0]
-            masks = (logits > MASK_THRESHOLD).cpu().numpy()
+            logits = upscale(low_res[b : b + 1, chosen], input_size, original_size, image_size)[0]
+            masks = logits > MASK_THRESHOLD
             del logits
             _fill_full_size(candidates, masks, spec)
         if low_np is not None:
@@ -111,6 +115,16 @@ def render_outputs(
                 cand.low_res_logits = low_np[b, cand.index]
         results.append(PromptOutput(scores_np[b], best, candidates))
     return results
+
+
+def _upscaler(precision: str):
+    """(1, C, 256, 256) torch logits -> (1, C, H, W) numpy logits, the way the predictor upsamples them."""
+    from segany import transforms
+
+    fast = getattr(transforms, "upscale_logits_fast", None)  # OpenCV path of the "fast" precision, where present
+    if precision == "fast" and fast is not None:
+        return lambda low, inp, orig, size: fast(low.float().cpu().numpy(), inp, orig, size)
+    return lambda low, inp, orig, size: upscale_logits(low, inp, orig, size).cpu().numpy()
 
 
 def _fill_full_size(candidates: list[CandidateOutput], masks: np.ndarray, spec: OutputSpec) -> None:
