@@ -218,3 +218,37 @@ def test_response_over_the_send_limit_is_refused_with_advice(tiny_model):
             assert len(c.embed(img).id) == 64  # the server goes on
     finally:
         srv.stop()
+
+
+def test_two_replicas_share_embeddings_through_redis(tiny_model):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() \
+            != "PONG":
+        assert time.monotonic() < deadline and process.poll() is None, "redis-server did not start"
+        time.sleep(0.05)
+    a = b = None
+    try:
+        a = ServerThread(tiny_model, warmup=False, redis_url=url).start()
+        b = ServerThread(tiny_model, warmup=False, redis_url=url).start()
+        with Client(a.address) as ca, Client(b.address) as cb:
+            image_id = ca.embed(png_bytes(random_image(32, 40, seed=31))).id
+            res = cb.segment(image_id, points=[[5, 5]], labels=[1])  # replica b never saw the image
+            assert res.masks.shape == (3, 32, 40)
+        assert b.engine.stats.encode_images == 0
+    finally:
+        for srv in (a, b):
+            if srv is not None:
+                srv.stop()
+        process.terminate()
+        process.wait(10)
