@@ -82,8 +82,9 @@ def bench_encoder(name: str, repeats: int, rows: list, tmp: Path) -> None:
 
 
 def bench_predict(repeats: int, rows: list, tmp: Path) -> None:
-    import segany
     from segment_anything import SamPredictor
+
+    import segany
     from tests.oracle.sam_oracle import public_sam, save_checkpoint
 
     public = public_sam("tiny", seed=0)  # the decoder is the same in every variant; the encoder does not matter
