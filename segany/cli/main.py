@@ -59,7 +59,14 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_PARTIAL
 
 
+#: Subcommands whose arguments all belong to another module's ``main(argv)`` (its own --help included).
+PASSTHROUGH = {"train": "segany.training.train", "evaluate": "segany.training.evaluate"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return int(importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
