@@ -1,4 +1,4 @@
-"""``segany evaluate ...``: mIoU of a model on the held-out synthetic set (arguments of ``segany.training.evaluate``)."""
+"""``segany evaluate ...``: held-out mIoU of a model (arguments of ``segany.training.evaluate``)."""
 
 from __future__ import annotations
 
