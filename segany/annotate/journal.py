@@ -72,7 +72,7 @@ class Journal:
             payload = {"version": JOURNAL_VERSION, "settings": self.settings}
             atomic_write(run_file, json.dumps(payload, indent=1, sort_keys=True), self.durable)
         self.records_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.records_dir.glob(".*.tmp"):  # temp files of a killed run
+        for stale in self.out_dir.rglob(".*.tmp"):  # temp files of a killed run (see atomic_write)
             stale.unlink(missing_ok=True)
 
     def record_path(self, name: str) -> Path:
