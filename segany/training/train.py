@@ -11,7 +11,8 @@ What one step does (SAM's interactive recipe, sized for a 2-core CPU):
     miss, negative on a false alarm) is added and the previous low-res logits are fed back as the mask prompt.
   * Loss per decoder call: 20 x focal + dice on low-res logits against area-downsampled ground truth, + MSE of the
     predicted IoU; averaged over calls.
-Most of the run is at 512x512 input (32x32 embedding); the last ``hires_frac`` of it at 1024 as in use. The prompt
+Most of the run draws the input side per step from 256/384/512 (batch scaled so each step costs about the same);
+the last ``hires_frac`` of it runs at 1024, as in use. The prompt
 encoder's Fourier encoding normalises by the input size, so the same weights serve both sizes.
 
 The schedule (warmup, then cosine) follows progress = max(step / steps, elapsed / minutes): with ``--minutes`` the run
@@ -63,20 +64,33 @@ def set_model_resolution(model: Sam, image_size: int) -> None:
 
 
 class SceneStream(IterableDataset):
-    """Endless stream of training samples for one input size; sample k comes from scene ``start + k``.
+    """Endless stream of training batches; batch k is drawn from scenes ``(start + k) * 64 + j``.
 
-    Each sample is a dict of tensors:
-        image (3, S, S) float, normalised and zero-padded as SAM does;
-        gt (P, S/4, S/4) float in [0, 1], area-downsampled instance masks of the P prompted objects;
-        points (P/2, 2) float (x, y) in the input frame, one random point inside each of the first P/2 objects;
-        boxes (P - P/2, 4) float jittered boxes of the others.
+    Each batch has one input side S, drawn per batch from ``sizes``, and ``round(batch * (ref / S) ** 2)`` scenes
+    (at least 1) so every step costs about the same: small inputs come in larger batches. Mixing sizes shows the
+    encoder objects at many pixel scales. A batch is a dict of tensors:
+        image (B, 3, S, S) float, normalised and zero-padded as SAM does;
+        gt (B, P, S/4, S/4) float in [0, 1], area-downsampled instance masks of the P prompted objects;
+        points (B, P/2, 2) float (x, y) in the input frame, one random point inside each of the first P/2 objects;
+        boxes (B, P - P/2, 4) float jittered boxes of the others.
     """
 
-    def __init__(self, settings: GeneratorSettings, seed: int, image_size: int, prompts: int, start: int) -> None:
+    def __init__(
+        self,
+        settings: GeneratorSettings,
+        seed: int,
+        sizes: tuple[int, ...],
+        batch: int,
+        ref_size: int,
+        prompts: int,
+        start: int,
+    ) -> None:
         super().__init__()
-        self.settings = dataclasses.replace(settings, long_side=(image_size, image_size))
+        self.settings = settings
         self.seed = seed
-        self.image_size = image_size
+        self.sizes = sizes
+        self.batch = batch
+        self.ref_size = ref_size
         self.prompts = prompts
         self.start = start
 
@@ -85,12 +99,19 @@ class SceneStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         k = self.start + worker
         while True:
-            yield self.sample(k)
+            yield self.make_batch(k)
             k += workers
 
-    def sample(self, index: int) -> dict[str, torch.Tensor]:
-        s = self.image_size
-        scene = generate_scene(self.settings, self.seed, index)
+    def make_batch(self, k: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.settings.seed_offset, self.seed, k, 424242])
+        size = int(self.sizes[int(rng.integers(len(self.sizes)))])
+        n = max(1, round(self.batch * (self.ref_size / size) ** 2))
+        samples = [self.sample(size, k * 64 + j) for j in range(min(n, 64))]
+        return {key: torch.stack([smp[key] for smp in samples]) for key in samples[0]}
+
+    def sample(self, s: int, index: int) -> dict[str, torch.Tensor]:
+        settings = dataclasses.replace(self.settings, long_side=(s, s))
+        scene = generate_scene(settings, self.seed, index)
         rng = np.random.default_rng([self.settings.seed_offset, self.seed, index, 1_000_003])
         h, w = scene.image.shape[:2]
         mean = np.asarray(PIXEL_MEAN, np.float32)
@@ -125,14 +146,16 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)
 
 
-def make_loader(seed: int, image_size: int, batch: int, prompts: int, start: int, workers: int) -> DataLoader:
-    stream = SceneStream(TRAIN_SETTINGS, seed, image_size, prompts, start)
+def make_loader(
+    seed: int, sizes: tuple[int, ...], batch: int, ref_size: int, prompts: int, start: int, workers: int
+) -> DataLoader:
+    stream = SceneStream(TRAIN_SETTINGS, seed, sizes, batch, ref_size, prompts, start)
     return DataLoader(
         stream,
-        batch_size=batch,
+        batch_size=None,
         num_workers=workers,
         worker_init_fn=_worker_init if workers > 0 else None,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=3 if workers > 0 else None,
         persistent_workers=False,
     )
 
@@ -243,21 +266,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--minutes", type=float, default=80.0, help="wall-clock budget; the schedule ends on time")
     ap.add_argument("--steps", type=int, default=0, help="step budget (0 = time only)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--image-size", type=int, default=512, help="input side of the main phase (multiple of 64)")
+    ap.add_argument("--sizes", default="256,384,512", help="input sides of the main phase, drawn per step")
+    ap.add_argument("--ref-size", type=int, default=512, help="side at which a step holds --batch scenes")
     ap.add_argument("--hires-size", type=int, default=1024, help="input side of the final phase")
-    ap.add_argument("--hires-frac", type=float, default=0.15, help="fraction of the run at --hires-size (0 = none)")
-    ap.add_argument("--batch", type=int, default=4, help="scenes per step")
-    ap.add_argument("--hires-batch", type=int, default=2, help="scenes per step in the final phase")
+    ap.add_argument("--hires-frac", type=float, default=0.1, help="fraction of the run at --hires-size (0 = none)")
+    ap.add_argument("--batch", type=int, default=3, help="scenes per step at --ref-size (scaled by area)")
     ap.add_argument("--prompts", type=int, default=4, help="prompted objects per scene (half points, half boxes)")
-    ap.add_argument("--rounds", type=int, default=3, help="decoder rounds per prompt (1 + corrective clicks)")
-    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--rounds", type=int, default=2, help="decoder rounds per prompt (1 + corrective clicks)")
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.01)
-    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers drawing scenes")
     ap.add_argument("--no-bf16", action="store_true", help="run the decoder in fp32 instead of bf16 autocast")
     ap.add_argument("--checkpoint-minutes", type=float, default=4.0)
-    ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--export", type=Path, default=None, help="also copy the final fp16 weights here")
     return ap.parse_args(argv)
 
@@ -308,18 +331,18 @@ def main(argv: list[str] | None = None) -> int:
         if progress >= 1.0:
             break
         hires = args.hires_frac > 0 and progress >= 1.0 - args.hires_frac
-        size = args.hires_size if hires else args.image_size
-        if size != phase_size:
-            batch_n = args.hires_batch if hires else args.batch
+        phase = "hires" if hires else "main"
+        if phase != phase_size:
+            sizes = (args.hires_size,) if hires else tuple(int(v) for v in args.sizes.split(","))
             # Scene indices never repeat across phases or resumes: a phase starts at a fresh block.
-            start = step * 64 + (1 << 24 if hires else 0)
-            loader = make_loader(args.seed, size, batch_n, args.prompts, start, args.workers)
+            start = step + (1 << 20 if hires else 0)
+            loader = make_loader(args.seed, sizes, args.batch, args.ref_size, args.prompts, start, args.workers)
             loader_iter = iter(loader)
-            set_model_resolution(model, size)
-            phase_size = size
-            print(f"step {step}: training at {size}x{size}, batch {batch_n}", flush=True)
+            phase_size = phase
+            print(f"step {step}: {phase} phase, input sides {sizes}", flush=True)
         assert loader_iter is not None
         batch = next(loader_iter)
+        set_model_resolution(model, int(batch["image"].shape[-1]))
         lr = args.lr * _lr_factor(progress, step, args.warmup, 0.02)
         for g in opt.param_groups:
             g["lr"] = lr
