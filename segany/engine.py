@@ -6,7 +6,8 @@ Concurrency model (one asyncio loop, three executors):
 * The encoder runs on its own single thread, fed by a queue. Requests for an image that is already queued or
   being encoded join that job instead of adding one (16 concurrent ``embed`` calls of one new image run the
   encoder once); distinct images waiting when the encoder frees up go in as one micro-batch of at most
-  ``encode_batch``. At most ``max_queue`` distinct images wait; beyond that :class:`ResourceExhaustedError`.
+  ``encode_batch``. At most ``max_queue`` distinct images, holding at most ``max_queue_bytes`` of decoded pixels,
+  wait; beyond that :class:`ResourceExhaustedError`.
   When every caller of a queued job has gone (cancelled, deadline passed) the job is dropped before it runs.
 * The decoder runs on the *decode* pool, never on the encoder thread: a prompt on a cached image does not wait
   behind an encode (torch releases the GIL while it computes).
@@ -76,6 +77,8 @@ class EngineSettings:
     Attributes:
         encode_batch: most images per encoder call.
         max_queue: most distinct images waiting for the encoder (not counting the batch running).
+        max_queue_bytes: most decoded pixel bytes waiting (a few 50 MP images weigh as much as many photos);
+            one image is always admitted to an empty queue.
         decode_workers: threads for decoder calls.
         prepare_workers: threads for hashing/decoding image bytes and for blocking cache tiers.
         image_limits: what uploaded images may be.
@@ -86,6 +89,7 @@ class EngineSettings:
 
     encode_batch: int = 2
     max_queue: int = 64
+    max_queue_bytes: int = 1 << 30
     decode_workers: int = 2
     prepare_workers: int = 2
     image_limits: ImageLimits = DEFAULT_LIMITS
@@ -187,6 +191,7 @@ class Engine:
         self._masks = _MaskStore(self.settings.mask_store_bytes)
         self._jobs: dict[str, _EncodeJob] = {}
         self._queue: deque[_EncodeJob] = deque()
+        self._queued_bytes = 0
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="segany-encode")
@@ -226,6 +231,7 @@ class Engine:
                 job.future.exception()  # mark retrieved: nobody may be waiting any more
         self._jobs.clear()
         self._queue.clear()
+        self._queued_bytes = 0
         for pool in (self._encode_pool, self._decode_pool, self._prepare_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -322,10 +328,17 @@ class Engine:
                     f"the encode queue is full ({len(self._queue)} images waiting, at most "
                     f"{self.settings.max_queue}); retry later"
                 )
+            if self._queue and self._queued_bytes + image.nbytes > self.settings.max_queue_bytes:
+                self.stats.encode_rejected += 1
+                raise ResourceExhaustedError(
+                    f"the encode queue is full ({self._queued_bytes} bytes of decoded images waiting, this one "
+                    f"{image.nbytes}, at most {self.settings.max_queue_bytes}); retry later"
+                )
             job.image = image
             job.state = "queued"
             job.queued_at = time.perf_counter()
             self._queue.append(job)
+            self._queued_bytes += image.nbytes
             self.stats.encode_jobs += 1
             assert self._wakeup is not None
             self._wakeup.set()
@@ -351,6 +364,7 @@ class Engine:
         if job.state == "queued":
             with contextlib.suppress(ValueError):
                 self._queue.remove(job)
+                self._queued_bytes -= job.image.nbytes
         job.state = "dropped"
         job.image = None
         self.stats.encode_cancelled += 1
@@ -383,7 +397,9 @@ class Engine:
                 continue
             batch = []
             while self._queue and len(batch) < self.settings.encode_batch:
-                batch.append(self._queue.popleft())
+                job = self._queue.popleft()
+                self._queued_bytes -= job.image.nbytes
+                batch.append(job)
             now = time.perf_counter()
             for job in batch:
                 job.state = "encoding"

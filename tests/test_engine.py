@@ -112,6 +112,26 @@ def test_full_queue_is_resource_exhausted(tiny_model):
     assert engine.stats.encode_rejected == 1
 
 
+def test_queue_is_bounded_in_bytes_too(tiny_model):
+    engine, predictor = make_engine(tiny_model, max_queue_bytes=48 * 64 * 3 + 1, encode_batch=1)
+    predictor.gate = threading.Event()
+
+    async def main():
+        first = asyncio.ensure_future(engine.embed_bytes(png(0)))
+        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        queued = asyncio.ensure_future(engine.embed_bytes(png(1)))  # 9216 bytes: fits the empty queue
+        while engine.queue_depth() < 1:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ResourceExhaustedError, match="9216 bytes of decoded images waiting, this one 9216"):
+            await engine.embed_bytes(png(2))
+        predictor.gate.set()
+        await asyncio.gather(first, queued)
+        assert engine._queued_bytes == 0
+        await engine.close()
+
+    asyncio.run(main())
+
+
 def test_cancelled_callers_free_their_queued_work(tiny_model):
     engine, predictor = make_engine(tiny_model, encode_batch=1)
     predictor.gate = threading.Event()

@@ -124,6 +124,7 @@ async def create_server(settings: Settings | None = None, model=None) -> tuple[S
         EngineSettings(
             encode_batch=settings.encode_batch,
             max_queue=settings.encode_queue,
+            max_queue_bytes=settings.encode_queue_bytes,
             decode_workers=settings.decode_workers,
             image_limits=ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.max_image_side),
             max_prompts=settings.max_prompts_per_request,

@@ -161,9 +161,10 @@ class SeganyServicer(pb_grpc.SeganyServicer):
                 while running:
                     await asyncio.gather(*list(running.values()))
                 await out.put(None)
-            except BaseException as exc:  # noqa: BLE001 - handed to the writer side
-                await out.put(exc)
+            except asyncio.CancelledError:
                 raise
+            except Exception as exc:  # noqa: BLE001 - handed to the writer side, which ends the stream with it
+                await out.put(exc)
 
         reader = asyncio.get_running_loop().create_task(read())
         try:

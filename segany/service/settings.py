@@ -28,6 +28,7 @@ _BYTE_FIELDS = {
     "max_send_message_bytes",
     "max_image_bytes",
     "mask_store_bytes",
+    "encode_queue_bytes",
 }
 
 
@@ -96,6 +97,7 @@ class Settings:
     # Engine
     encode_batch: int = 2
     encode_queue: int = 64
+    encode_queue_bytes: int = 1 * GiB  # decoded pixels waiting for the encoder
     decode_workers: int = 2
     warmup: bool = True
     # Security
