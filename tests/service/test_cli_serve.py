@@ -52,3 +52,49 @@ def test_serve_rejects_bad_flags():
     out = subprocess.run([sys.executable, "-m", "segany", "serve", "--checkpoint", "/nonexistent.pt", "--port", "0"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "nonexistent" in out.stderr
+
+
+def test_no_model_flag_serves_the_shipped_default(tiny_model, monkeypatch):
+    """With neither --model nor --checkpoint the server loads ``load_model(None)``: the shipped model."""
+    import asyncio
+
+    import segany.models
+    from segany.service import Settings, create_server
+
+    asked = []
+
+    def fake_load_model(name=None):
+        asked.append(name)
+        return tiny_model
+
+    monkeypatch.setattr(segany.models, "load_model", fake_load_model)
+
+    async def main():
+        service, _ = await create_server(Settings(port=0, warmup=False, torch_threads=1))
+        await service.stop(0)
+
+    asyncio.run(main())
+    assert asked == [None]
+
+
+SHIPPED = ROOT / "segany" / "weights" / "segany-lite.pt"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped weights are not built yet")
+def test_serve_with_no_flags_runs_the_shipped_model():
+    proc = subprocess.Popen([sys.executable, "-m", "segany", "serve", "--port", "0", "--threads", "1"], cwd=ROOT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+        with Client(f"127.0.0.1:{port}") as c:
+            c.wait_ready(120)
+            assert c.model_info().variant == "segany-lite"
+            res = c.segment(c.embed(png_bytes(random_image(48, 64))).id, points=[[20, 20]], labels=[1])
+            assert res.masks.shape == (3, 48, 64)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
