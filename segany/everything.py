@@ -38,6 +38,8 @@ OUTPUT_MODES = ("binary_mask", "coco_rle", "uncompressed_rle")
 UPSCALE_BUDGET_BYTES = 256 * 2**20
 #: Distance in pixels under which a mask box counts as touching a crop edge (public ``is_box_near_crop_edge``).
 CROP_EDGE_ATOL = 20
+#: Prompts per pass through the decoder's image-side work on the CPU (see ``decode_in_chunks``).
+DECODER_CHUNK = 4
 #: torchvision's ``batched_nms`` switches to per-category NMS plus a re-sort above this many boxes on the CPU.
 _NMS_VANILLA_ABOVE = 1000
 
@@ -316,6 +318,8 @@ class AutomaticMaskGenerator:
         self.predictor = predictor
         self.settings = settings
         self.point_grids = settings.grids()
+        #: prompts per pass of the decoder's image-side work (see :func:`decode_in_chunks`).
+        self.decoder_chunk = DECODER_CHUNK
 
     # ------------------------------------------------------------------------------------------- public API
     def generate(self, image: np.ndarray) -> list[dict]:
@@ -437,7 +441,7 @@ class AutomaticMaskGenerator:
         coords_t = shifted.to(device)[:, None, :]
         labels = torch.ones((len(points), 1), dtype=torch.int64, device=device)
         image_embeddings = emb.image_embeddings.to(device, torch.float32)
-        low_res, iou = model.decode(image_embeddings, coords_t, labels, None, None, True)
+        low_res, iou = decode_in_chunks(model, image_embeddings, coords_t, labels, self.decoder_chunk)
         return low_res.cpu(), iou.cpu()
 
     # ------------------------------------------------------------------------------------------ whole image
@@ -491,6 +495,66 @@ class AutomaticMaskGenerator:
                     }
                 )
         return records
+
+
+def decode_in_chunks(
+    model, image_embeddings: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model.decode(image_embeddings, coords, labels, None, None, multimask_output=True)``, scheduled for the CPU.
+
+    The decoder's image-side work (two-way transformer, upscaling) is per prompt and memory-bound: each prompt
+    carries its own (4096, 256) copy of the image tokens, so a batch of 64 streams gigabytes through DRAM. Running it
+    ``chunk`` prompts at a time keeps the working set in cache (about 2x faster at 4 here). The token heads (the
+    hypernetwork MLPs and the IoU head) still run on the whole batch: their GEMMs take another MKL path below ~16
+    rows and would change the last bit. The transformer's token-side linears have 7 rows per prompt, so no pass
+    runs fewer than ``chunk`` (4) prompts (below ~3 prompts they change path too); batches under ``2 * chunk`` run
+    whole. The result is bit-identical to ``model.decode`` (``tests/test_everything.py`` pins it, and the oracle
+    parity test runs through it).
+
+    Args:
+        coords: (B, N, 2) clicks in the input frame; labels (B, N).
+    Returns:
+        low-res logits (B, 3, 256, 256) and IoU predictions (B, 3), multimask outputs (tokens 1..3).
+    """
+    prompt_encoder, decoder = model.prompt_encoder, model.mask_decoder
+    sparse, dense = prompt_encoder((coords, labels), None, None)
+    batch = sparse.shape[0]
+    if batch < 2 * chunk:
+        low_res, iou = decoder(image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense, True)
+        return low_res, iou
+    # Chunks of `chunk` prompts, the remainder joining the last one: no pass runs fewer than `chunk` prompts.
+    starts = list(range(0, batch - batch % chunk, chunk))
+    bounds = [(s, s + chunk) for s in starts[:-1]] + [(starts[-1], batch)]
+    image_pe = prompt_encoder.get_dense_pe()
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1).to(sparse.dtype)
+    tokens = torch.cat((output_tokens, sparse), dim=1)
+    _, channels, height, width = image_embeddings.shape
+    token_parts, image_parts = [], []
+    for start, stop in bounds:
+        part = slice(start, stop)
+        n = stop - start
+        src = torch.repeat_interleave(image_embeddings, n, dim=0) + dense[part]
+        pos_src = torch.repeat_interleave(image_pe, n, dim=0)
+        hs, src = decoder.transformer(src, pos_src, tokens[part])
+        token_parts.append(hs)
+        image_parts.append(src)
+    hs = torch.cat(token_parts)
+    mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+    )
+    iou = decoder.iou_prediction_head(hs[:, 0, :])
+    masks = []
+    for k, (start, _) in enumerate(bounds):
+        src = image_parts[k]
+        n = src.shape[0]
+        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(n, channels, height, width))
+        c, h, w = upscaled.shape[1:]
+        masks.append((hyper_in[start : start + n] @ upscaled.reshape(n, c, h * w)).reshape(n, -1, h, w))
+        image_parts[k] = None  # free as we go
+    low_res = torch.cat(masks)
+    return low_res[:, 1:], iou[:, 1:]
 
 
 def _near_crop_edge(boxes: np.ndarray, crop_box: Sequence[int], image_size: tuple[int, int]) -> np.ndarray:

@@ -122,3 +122,22 @@ def test_generator_records_and_output_modes(generator_predictor):
 def test_generator_thresholds_filter_everything(generator_predictor):
     gen = AutomaticMaskGenerator(generator_predictor, points_per_side=2, pred_iou_thresh=100.0)
     assert gen.generate(random_image(40, 40)) == []
+
+
+@pytest.mark.parametrize("precision, batch", [("exact", 9), ("exact", 15), ("fast", 11)])
+def test_decode_in_chunks_is_bitwise_the_model(tiny_model, precision, batch):
+    from segany.everything import decode_in_chunks
+    from segany.optimize import configure
+
+    torch.manual_seed(0)
+    emb = torch.randn(1, 256, 64, 64)
+    coords = torch.rand(batch, 1, 2) * 1000
+    labels = torch.ones(batch, 1, dtype=torch.int64)
+    configure(tiny_model, precision)
+    try:
+        with torch.inference_mode():
+            want_low, want_iou = tiny_model.decode(emb, coords, labels, None, None, True)
+            low, iou = decode_in_chunks(tiny_model, emb, coords, labels, chunk=4)  # 4+5, 4+4+7, 4+7
+    finally:
+        configure(tiny_model, "exact")
+    assert torch.equal(low, want_low) and torch.equal(iou, want_iou)
