@@ -24,10 +24,8 @@ import contextvars
 import hashlib
 import logging
 import re
-import secrets
-import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,7 +44,7 @@ from segany.errors import (
     UnavailableError,
 )
 from segany.images import DEFAULT_LIMITS, ImageLimits, as_rgb_uint8, decode_image
-from segany.mask_outputs import OutputSpec, PromptOutput, render_outputs
+from segany.mask_outputs import MaskStore, OutputSpec, PromptOutput, render_outputs
 from segany.predictor import Predictor
 from segany.prompts import LOW_RES_SIZE, MAX_POINTS_PER_PROMPT, Prompt
 
@@ -140,36 +138,6 @@ class _EncodeJob:
     stages: dict[str, float] = field(default_factory=dict)
 
 
-class _MaskStore:
-    """Low-res logits kept for ``mask_id`` references: LRU bounded in bytes, thread-safe."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
-        self._bytes = 0
-
-    def put(self, fingerprint: str, logits: np.ndarray) -> str | None:
-        stored = np.ascontiguousarray(logits, dtype=np.float16)  # a mask prompt tolerates fp16 rounding
-        if stored.nbytes > self.max_bytes:
-            return None
-        mask_id = "m" + secrets.token_hex(16)
-        with self._lock:
-            while self._bytes + stored.nbytes > self.max_bytes:
-                _, (_, old) = self._entries.popitem(last=False)
-                self._bytes -= old.nbytes
-            self._entries[mask_id] = (fingerprint, stored)
-            self._bytes += stored.nbytes
-        return mask_id
-
-    def get(self, mask_id: str) -> tuple[str, np.ndarray] | None:
-        with self._lock:
-            entry = self._entries.get(mask_id)
-            if entry is not None:
-                self._entries.move_to_end(mask_id)
-            return entry
-
-
 class Engine:
     """Embed images once, answer prompts many times; see the module docstring for the concurrency model.
 
@@ -188,7 +156,7 @@ class Engine:
         self.ready = False
         self._closed = False
         self._inline_cache = isinstance(cache, MemoryCache)
-        self._masks = _MaskStore(self.settings.mask_store_bytes)
+        self._masks = MaskStore(self.settings.mask_store_bytes)
         self._jobs: dict[str, _EncodeJob] = {}
         self._queue: deque[_EncodeJob] = deque()
         self._queued_bytes = 0
@@ -406,27 +374,32 @@ class Engine:
                 job.stages["queue_wait"] = now - job.queued_at
             self.stats.encoding = len(batch)
             try:
-                embeddings = await loop.run_in_executor(
-                    self._encode_pool, self.predictor.encode_batch, [job.image for job in batch]
-                )
-            except Exception as exc:  # noqa: BLE001 - a failed batch fails its jobs, not the loop
-                log.exception("encoder failed on a batch of %d", len(batch))
-                for job in batch:
-                    self._finish(job, exc)
-                continue
+                outcomes = await loop.run_in_executor(self._encode_pool, self._encode_sync, batch)
             finally:
                 self.stats.encoding = 0
             elapsed = time.perf_counter() - now
             self.stats.encode_batches += 1
             self.stats.encode_images += len(batch)
             self.stats.encode_seconds += elapsed
-            for job, embedding in zip(batch, embeddings):
+            for job, outcome in zip(batch, outcomes):
                 job.stages["encode"] = elapsed
-                try:
-                    await self._cache_put(job.key, embedding)
-                except Exception:  # noqa: BLE001 - a cache is an optimisation
-                    log.exception("cache put failed for %s", job.key)
-                self._finish(job, (embedding, False))
+                if not isinstance(outcome, BaseException):
+                    try:
+                        await self._cache_put(job.key, outcome)
+                    except Exception:  # noqa: BLE001 - a cache is an optimisation
+                        log.exception("cache put failed for %s", job.key)
+                    outcome = (outcome, False)
+                self._finish(job, outcome)
+
+    def _encode_sync(self, batch: list[_EncodeJob]) -> list:
+        """Embeddings for a batch; when the batch fails, each image alone, so one bad image fails only itself."""
+        try:
+            return list(self.predictor.encode_batch([job.image for job in batch]))
+        except Exception as exc:  # noqa: BLE001 - becomes the jobs' outcome, never the loop's end
+            if len(batch) == 1:
+                log.exception("encoder failed on image %s", batch[0].key)
+                return [exc]
+        return [self._encode_sync([job])[0] for job in batch]
 
     async def _cache_get(self, key: str) -> ImageEmbedding | None:
         if self._inline_cache:

@@ -7,6 +7,9 @@ the formats asked for; a 12 MP image with 64 prompts never holds 64 x 3 full-siz
 
 from __future__ import annotations
 
+import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,3 +148,37 @@ def _fill_full_size(candidates: list[CandidateOutput], masks: np.ndarray, spec: 
             cand.polygons = mask_to_polygons(masks[i], spec.polygon_tolerance)
         if spec.masks:
             cand.mask = masks[i]
+
+
+class MaskStore:
+    """Low-res logits kept for ``mask_id`` references: LRU bounded in bytes, thread-safe.
+
+    Ids are random (``m`` + 32 hex), made here, never by a client. Logits are stored as float16 (a mask prompt
+    is not sensitive to that rounding) with the fingerprint of the model that made them.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
+        self._bytes = 0
+
+    def put(self, fingerprint: str, logits: np.ndarray) -> str | None:
+        stored = np.ascontiguousarray(logits, dtype=np.float16)  # a mask prompt tolerates fp16 rounding
+        if stored.nbytes > self.max_bytes:
+            return None
+        mask_id = "m" + secrets.token_hex(16)
+        with self._lock:
+            while self._bytes + stored.nbytes > self.max_bytes:
+                _, (_, old) = self._entries.popitem(last=False)
+                self._bytes -= old.nbytes
+            self._entries[mask_id] = (fingerprint, stored)
+            self._bytes += stored.nbytes
+        return mask_id
+
+    def get(self, mask_id: str) -> tuple[str, np.ndarray] | None:
+        with self._lock:
+            entry = self._entries.get(mask_id)
+            if entry is not None:
+                self._entries.move_to_end(mask_id)
+            return entry

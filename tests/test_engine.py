@@ -237,3 +237,34 @@ def test_same_pixels_same_id_different_bytes_different_id(tiny_model):
     a, b, c = asyncio.run(main())
     assert a.image_id == b.image_id and b.cached
     assert c.image_id != a.image_id  # file bytes and raw pixels hash differently: never a false hit
+
+
+def test_one_bad_image_in_a_batch_fails_only_itself(tiny_model):
+    engine, predictor = make_engine(tiny_model, encode_batch=4)
+    predictor.gate = threading.Event()
+    original = Predictor.encode_batch
+
+    def picky(self, images):
+        if any(im.shape[0] == 13 for im in images):
+            raise RuntimeError("encoder exploded")
+        return original(self, images)
+
+    async def main():
+        first = asyncio.ensure_future(engine.embed_bytes(png(0)))
+        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        good = asyncio.ensure_future(engine.embed_bytes(png(1)))
+        bad = asyncio.ensure_future(engine.embed_bytes(png(2, (13, 20))))
+        while engine.queue_depth() < 2:
+            await asyncio.sleep(0.01)
+        predictor.gate.set()
+        results = await asyncio.gather(first, good, bad, return_exceptions=True)
+        await engine.close()
+        return results
+
+    Predictor.encode_batch = picky
+    try:
+        first, good, bad = asyncio.run(main())
+    finally:
+        Predictor.encode_batch = original
+    assert len(first.image_id) == 64 and len(good.image_id) == 64
+    assert isinstance(bad, RuntimeError) and "encoder exploded" in str(bad)
