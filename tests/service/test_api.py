@@ -191,5 +191,5 @@ def test_many_clients_in_threads(server, image):
             return c.segment(img.id, points=[[(7 * i) % 128, (5 * i) % 96]], labels=[1], best_only=True)
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            out = list(pool.map(click, range(16)))
+            out = list(pool.map(click, range(8)))
     assert all(r.masks.shape == (1, 96, 128) for r in out)

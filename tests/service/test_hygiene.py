@@ -62,6 +62,7 @@ class GoodTraffic:
             except Exception as exc:  # noqa: BLE001 - recorded and asserted on at the end
                 self.errors.append(exc)
             i += 1
+            self._stop.wait(0.05)  # steady, not saturating: the point is that it keeps working
 
     def stop(self) -> None:
         self._stop.set()
