@@ -133,6 +133,7 @@ class _EncodeJob:
     future: asyncio.Future
     waiters: int = 1
     image: np.ndarray | None = None
+    nbytes: int = 0  # of ``image`` while queued
     state: str = "preparing"  # preparing -> queued -> encoding -> done | dropped
     queued_at: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
@@ -303,10 +304,11 @@ class Engine:
                     f"{image.nbytes}, at most {self.settings.max_queue_bytes}); retry later"
                 )
             job.image = image
+            job.nbytes = image.nbytes
             job.state = "queued"
             job.queued_at = time.perf_counter()
             self._queue.append(job)
-            self._queued_bytes += image.nbytes
+            self._queued_bytes += job.nbytes
             self.stats.encode_jobs += 1
             assert self._wakeup is not None
             self._wakeup.set()
@@ -332,7 +334,7 @@ class Engine:
         if job.state == "queued":
             with contextlib.suppress(ValueError):
                 self._queue.remove(job)
-                self._queued_bytes -= job.image.nbytes
+                self._queued_bytes -= job.nbytes
         job.state = "dropped"
         job.image = None
         self.stats.encode_cancelled += 1
@@ -363,10 +365,10 @@ class Engine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = []
+            batch: list[_EncodeJob] = []
             while self._queue and len(batch) < self.settings.encode_batch:
                 job = self._queue.popleft()
-                self._queued_bytes -= job.image.nbytes
+                self._queued_bytes -= job.nbytes
                 batch.append(job)
             now = time.perf_counter()
             for job in batch:
@@ -394,7 +396,7 @@ class Engine:
     def _encode_sync(self, batch: list[_EncodeJob]) -> list:
         """Embeddings for a batch; when the batch fails, each image alone, so one bad image fails only itself."""
         try:
-            return list(self.predictor.encode_batch([job.image for job in batch]))
+            return list(self.predictor.encode_batch([job.image for job in batch if job.image is not None]))
         except Exception as exc:  # noqa: BLE001 - becomes the jobs' outcome, never the loop's end
             if len(batch) == 1:
                 log.exception("encoder failed on image %s", batch[0].key)
@@ -477,7 +479,7 @@ class Engine:
 
 def _hash_pixels(rgb: np.ndarray) -> str:
     digest = hashlib.sha256(f"segany-raw-rgb8:{rgb.shape[0]}x{rgb.shape[1]}:".encode())
-    digest.update(memoryview(np.ascontiguousarray(rgb)).cast("B"))
+    digest.update(np.ascontiguousarray(rgb).data)
     return digest.hexdigest()
 
 

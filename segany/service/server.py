@@ -36,7 +36,7 @@ class Service:
         self.port = port
         self.metrics_port: int | None = None
         self._warm_task: asyncio.Task | None = None
-        self._http: asyncio.AbstractServer | None = None
+        self._http: asyncio.Server | None = None
 
     @property
     def address(self) -> str:
@@ -85,7 +85,7 @@ def _read(path: str, what: str) -> bytes:
 
 
 def _credentials(settings: Settings):
-    if settings.tls_cert is None:
+    if settings.tls_cert is None or settings.tls_key is None:
         return None
     key, cert = _read(settings.tls_key, "TLS key"), _read(settings.tls_cert, "TLS certificate")
     ca = _read(settings.tls_client_ca, "client CA") if settings.tls_client_ca else None
@@ -197,7 +197,7 @@ async def create_server(settings: Settings | None = None, model=None) -> tuple[S
     return service, port
 
 
-async def _serve_metrics_http(host: str, port: int, metrics: ServiceMetrics) -> asyncio.AbstractServer:
+async def _serve_metrics_http(host: str, port: int, metrics: ServiceMetrics) -> asyncio.Server:
     """``GET /metrics`` in Prometheus text format, for scrapers that do not speak gRPC."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

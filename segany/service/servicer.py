@@ -29,6 +29,14 @@ _DTYPES = {pb.EMBEDDING_DTYPE_UNSPECIFIED: "float32", pb.EMBEDDING_DTYPE_FLOAT32
            pb.EMBEDDING_DTYPE_FLOAT16: "float16"}
 
 
+class _Refusal(Exception):
+    """A status outside the segany.errors hierarchy (UNIMPLEMENTED), raised inside an RPC body."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def _internal_message() -> str:
     return f"internal error (request id {REQUEST_ID.get()}); the server log has the details"
 
@@ -45,6 +53,8 @@ def unary(needs_ready: bool = True):
                 return await fn(self, request, context)
             except SeganyError as exc:
                 await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
+            except _Refusal as exc:
+                await context.abort(exc.code, str(exc))
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception:
@@ -225,20 +235,17 @@ class SeganyServicer(pb_grpc.SeganyServicer):
     async def GetDecoderOnnx(self, request, context) -> pb.DecoderOnnx:
         provider = self.settings.decoder_onnx_provider
         if provider is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                "this server is configured without an ONNX decoder export")
+            raise _Refusal(grpc.StatusCode.UNIMPLEMENTED, "this server is configured without an ONNX decoder export")
         async with self._onnx_lock:
             if self._onnx is None:
                 loop = asyncio.get_running_loop()
                 try:
                     data = await loop.run_in_executor(None, provider, self.model)
                 except NotImplementedError as exc:
-                    await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+                    raise _Refusal(grpc.StatusCode.UNIMPLEMENTED, str(exc)) from None
                 if data is None:
-                    await context.abort(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        f"no ONNX decoder is available for model {self.engine.fingerprint}",
-                    )
+                    raise _Refusal(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"no ONNX decoder is available for model {self.engine.fingerprint}")
                 self._onnx = pb.DecoderOnnx(model=data, model_fingerprint=self.engine.fingerprint,
                                             sha256=hashlib.sha256(data).hexdigest())
         self._check_response_size(self._onnx)
