@@ -232,11 +232,17 @@ def test_two_replicas_share_embeddings_through_redis(tiny_model):
     process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
+    redis = pytest.importorskip("redis")
+    probe = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
     deadline = time.monotonic() + 10
-    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() \
-            != "PONG":
-        assert time.monotonic() < deadline and process.poll() is None, "redis-server did not start"
-        time.sleep(0.05)
+    while True:
+        try:
+            probe.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline and process.poll() is None, "redis-server did not start"
+            time.sleep(0.05)
+    probe.close()
     a = b = None
     try:
         a = ServerThread(tiny_model, warmup=False, redis_url=url).start()
