@@ -224,6 +224,7 @@ def test_two_replicas_share_embeddings_through_redis(tiny_model):
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    redis = pytest.importorskip("redis")
     import socket
 
     with socket.socket() as s:
@@ -232,7 +233,6 @@ def test_two_replicas_share_embeddings_through_redis(tiny_model):
     process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
-    redis = pytest.importorskip("redis")
     probe = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
     deadline = time.monotonic() + 10
     while True:
