@@ -159,3 +159,26 @@ def test_export_cli(tmp_path, capsys):
     assert iou >= 0.9  # random weights; the shipped model's figure is in the benchmarks
     assert main(["export", "decoder", "--checkpoint", str(ckpt), "-o", str(tmp_path / "b.onnx"), "--batched"]) == 0
     assert main(["export", "decoder", "--checkpoint", str(tmp_path / "missing.pth"), "-o", str(out)]) == 2
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_fast_export_matches_the_plain_graph(tmp_path, predictor, embeddings, batched):
+    """The rewritten graph (``fast=True``: projections moved in the cross-attentions, low-res crop before the
+    upsample) against the plain one (``fast=False``), both exported from the same model: float rounding only."""
+    model = predictor.model
+    kw = dict(multimask=True, batched=batched)
+    fast = session(export_decoder(model, tmp_path / "fast.onnx", **kw).path)
+    plain = session(export_decoder(model, tmp_path / "plain.onnx", fast=False, **kw).path)
+    from segany.optimize import configure
+
+    configure(model, "exact")
+    for size in [(1500, 2250), (777, 500)]:
+        h, w = size
+        feeds = public_feeds(embeddings[size].image_embeddings.numpy(), size, points=[[w * 0.3, h * 0.4]], labels=[1],
+                             box=[w * 0.1, h * 0.2, w * 0.7, h * 0.9])
+        if batched:
+            feeds = {k: (np.repeat(v, 3, axis=0) if k not in ("image_embeddings", "orig_im_size") else v)
+                     for k, v in feeds.items()}
+            feeds["has_mask_input"] = np.zeros(3, np.float32)
+        for a, b in zip(fast.run(None, feeds), plain.run(None, feeds)):
+            np.testing.assert_allclose(a, b, atol=ATOL, rtol=1e-4)
