@@ -308,7 +308,7 @@ class AutomaticMaskGenerator:
     of the next image while this one decodes.
     """
 
-    def __init__(self, predictor: Predictor, settings: EverythingSettings | None = None, **overrides) -> None:
+    def __init__(self, predictor: Predictor | None, settings: EverythingSettings | None = None, **overrides) -> None:
         if settings is None:
             settings = EverythingSettings(**overrides)
         elif overrides:
@@ -318,6 +318,8 @@ class AutomaticMaskGenerator:
         self.predictor = predictor
         self.settings = settings
         self.point_grids = settings.grids()
+        #: side of the square model input (1024 for the SAM family)
+        self.image_size = predictor.image_size if predictor is not None else 1024
         #: prompts per pass of the decoder's image-side work (see :func:`decode_in_chunks`).
         self.decoder_chunk = DECODER_CHUNK
 
@@ -331,8 +333,11 @@ class AutomaticMaskGenerator:
         image = as_rgb_uint8(image)
         size = (int(image.shape[0]), int(image.shape[1]))
         boxes, layers = generate_crop_boxes(size, self.settings.crop_n_layers, self.settings.crop_overlap_ratio)
-        embeddings = [self.predictor.encode(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes]
+        embeddings = [self._encode_crop(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes]
         return CropEmbeddings(size, boxes, layers, embeddings)
+
+    def _encode_crop(self, crop: np.ndarray) -> ImageEmbedding:
+        return self.predictor.encode(crop)
 
     @torch.inference_mode()
     def decode(self, crops: CropEmbeddings) -> list[dict]:
@@ -401,12 +406,12 @@ class AutomaticMaskGenerator:
         if len(candidates) == 0:
             return
         crop_h, crop_w = emb.original_size
-        per_mask = 4 * (crop_h * crop_w + self.predictor.image_size**2)
+        per_mask = 4 * (crop_h * crop_w + self.image_size**2)
         chunk = max(1, UPSCALE_BUDGET_BYTES // per_mask)
         for start in range(0, len(candidates), chunk):
             idx = candidates[start : start + chunk]
             logits = upscale_logits(
-                low_res[idx].unsqueeze(1), emb.input_size, emb.original_size, self.predictor.image_size
+                low_res[idx].unsqueeze(1), emb.input_size, emb.original_size, self.image_size
             ).squeeze(1)
             stability = stability_score(logits, MASK_THRESHOLD, s.stability_score_offset)
             if s.stability_score_thresh > 0.0:
@@ -433,7 +438,7 @@ class AutomaticMaskGenerator:
         """One positive click per point (crop frame, float64) -> (B, 3, 256, 256) logits and (B, 3) IoU."""
         model = self.predictor.model
         device = self.predictor.device
-        coords = coords_to_input(points, emb.original_size, self.predictor.image_size)
+        coords = coords_to_input(points, emb.original_size, self.image_size)
         # The public generator feeds float64 clicks, so "+0.5 pixel" and the normalisation happen in float64 before
         # the cast to float32. Feeding float32(c + 0.5) - 0.5 (exact in float32) makes the prompt encoder's own
         # "+0.5" land on the same float32 value, so the Fourier features match bit for bit.
@@ -534,8 +539,9 @@ def decode_in_chunks(
     for start, stop in bounds:
         part = slice(start, stop)
         n = stop - start
-        src = torch.repeat_interleave(image_embeddings, n, dim=0) + dense[part]
-        pos_src = torch.repeat_interleave(image_pe, n, dim=0)
+        # Broadcasting instead of the decoder's repeat_interleave: the same sums without two copies per prompt.
+        src = image_embeddings + dense[part]
+        pos_src = image_pe.expand(n, -1, -1, -1)
         hs, src = decoder.transformer(src, pos_src, tokens[part])
         token_parts.append(hs)
         image_parts.append(src)
