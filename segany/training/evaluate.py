@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default=None, help="checkpoint path or zoo name (default: the shipped model)")
     ap.add_argument("--n", type=int, default=200, help="number of held-out scenes")
     ap.add_argument("--seed", type=int, default=12345)
-    ap.add_argument("--per-image", type=int, default=2, help="objects evaluated per scene")
+    ap.add_argument("--per-image", type=int, default=1, help="objects evaluated per scene")
     ap.add_argument("--precision", default="fast", choices=["fast", "exact"], help="Predictor precision")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")

@@ -45,7 +45,11 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def sam_loss(
-    logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor
+    logits: torch.Tensor,
+    iou_pred: torch.Tensor,
+    target: torch.Tensor,
+    focal_weight: float = FOCAL_WEIGHT,
+    dice_weight: float = DICE_WEIGHT,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss of one decoder call.
 
@@ -53,13 +57,14 @@ def sam_loss(
         logits: (B, M, h, w) float low-res mask logits.
         iou_pred: (B, M) predicted IoU.
         target: (B, 1, h, w) float ground truth in [0, 1] at the logits' resolution.
+        focal_weight, dice_weight: weights of the two mask terms (SAM: 20 and 1).
     Returns:
         (scalar loss, (B,) IoU of the selected mask, (B, M) IoU of every mask). The mask term uses only the mask with
         the lowest focal + dice loss; the IoU head is trained on all M outputs so its scores rank them.
     """
     logits = logits.float()
     iou_pred = iou_pred.float()
-    per_mask = FOCAL_WEIGHT * focal_loss(logits, target) + DICE_WEIGHT * dice_loss(logits, target)
+    per_mask = focal_weight * focal_loss(logits, target) + dice_weight * dice_loss(logits, target)
     best = per_mask.argmin(dim=1)
     mask_term = per_mask.gather(1, best[:, None]).mean()
     ious = mask_iou(logits, target)

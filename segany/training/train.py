@@ -188,6 +188,7 @@ def train_step(
     rounds: int,
     rng: np.random.Generator,
     decoder_bf16: bool,
+    loss_weights: tuple[float, float] = (20.0, 1.0),
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward all prompt rounds of one batch; returns (loss, metrics). Gradients are not computed here."""
     images = batch["image"].contiguous(memory_format=torch.channels_last)
@@ -225,7 +226,7 @@ def train_step(
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=decoder_bf16):
                 sparse, dense = pe(points, g["box"], mask_input)
                 logits, iou_pred = model.mask_decoder(g["emb"], dense_pe, sparse, dense, multimask)
-            loss, sel_iou, _ = sam_loss(logits, iou_pred, g["gt"])
+            loss, sel_iou, _ = sam_loss(logits, iou_pred, g["gt"], *loss_weights)
             losses.append(loss)
             metrics[f"iou_{name}{r}"] = float(sel_iou.mean())
             if r + 1 == rounds:
@@ -273,6 +274,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=3, help="scenes per step at --ref-size (scaled by area)")
     ap.add_argument("--prompts", type=int, default=4, help="prompted objects per scene (half points, half boxes)")
     ap.add_argument("--rounds", type=int, default=2, help="decoder rounds per prompt (1 + corrective clicks)")
+    ap.add_argument("--focal-weight", type=float, default=20.0, help="weight of the focal term (SAM: 20)")
+    ap.add_argument("--dice-weight", type=float, default=1.0, help="weight of the dice term (SAM: 1)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--warmup", type=int, default=50)
@@ -347,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         rng = np.random.default_rng([args.seed, step, 77])
-        loss, metrics = train_step(model, batch, args.rounds, rng, not args.no_bf16)
+        loss, metrics = train_step(
+            model, batch, args.rounds, rng, not args.no_bf16, (args.focal_weight, args.dice_weight)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
