@@ -446,7 +446,7 @@ class AutomaticMaskGenerator:
         coords_t = shifted.to(device)[:, None, :]
         labels = torch.ones((len(points), 1), dtype=torch.int64, device=device)
         image_embeddings = emb.image_embeddings.to(device, torch.float32)
-        low_res, iou = decode_in_chunks(model, image_embeddings, coords_t, labels, self.decoder_chunk)
+        low_res, iou = decode_in_chunks(model, image_embeddings, coords_t, labels, chunk=self.decoder_chunk)
         return low_res.cpu(), iou.cpu()
 
     # ------------------------------------------------------------------------------------------ whole image
@@ -503,9 +503,15 @@ class AutomaticMaskGenerator:
 
 
 def decode_in_chunks(
-    model, image_embeddings: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, chunk: int
+    model,
+    image_embeddings: torch.Tensor,
+    coords: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    chunk: int = DECODER_CHUNK,
+    boxes: torch.Tensor | None = None,
+    multimask: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``model.decode(image_embeddings, coords, labels, None, None, multimask_output=True)``, scheduled for the CPU.
+    """``model.decode(image_embeddings, coords, labels, boxes, None, multimask)``, scheduled for the CPU.
 
     The decoder's image-side work (two-way transformer, upscaling) is per prompt and memory-bound: each prompt
     carries its own (4096, 256) copy of the image tokens, so a batch of 64 streams gigabytes through DRAM. Running it
@@ -517,15 +523,15 @@ def decode_in_chunks(
     parity test runs through it).
 
     Args:
-        coords: (B, N, 2) clicks in the input frame; labels (B, N).
+        coords: (B, N, 2) clicks in the input frame with labels (B, N), or None; boxes: (B, 4) input frame, or None.
     Returns:
-        low-res logits (B, 3, 256, 256) and IoU predictions (B, 3), multimask outputs (tokens 1..3).
+        low-res logits (B, M, 256, 256) and IoU predictions (B, M): tokens 1..3 (multimask) or token 0.
     """
     prompt_encoder, decoder = model.prompt_encoder, model.mask_decoder
-    sparse, dense = prompt_encoder((coords, labels), None, None)
+    sparse, dense = prompt_encoder(None if coords is None else (coords, labels), boxes, None)
     batch = sparse.shape[0]
     if batch < 2 * chunk:
-        low_res, iou = decoder(image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense, True)
+        low_res, iou = decoder(image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense, multimask)
         return low_res, iou
     # Chunks of `chunk` prompts, the remainder joining the last one: no pass runs fewer than `chunk` prompts.
     starts = list(range(0, batch - batch % chunk, chunk))
@@ -560,7 +566,7 @@ def decode_in_chunks(
         masks.append((hyper_in[start : start + n] @ upscaled.reshape(n, c, h * w)).reshape(n, -1, h, w))
         image_parts[k] = None  # free as we go
     low_res = torch.cat(masks)
-    return low_res[:, 1:], iou[:, 1:]
+    return (low_res[:, 1:], iou[:, 1:]) if multimask else (low_res[:, :1], iou[:, :1])
 
 
 def _near_crop_edge(boxes: np.ndarray, crop_box: Sequence[int], image_size: tuple[int, int]) -> np.ndarray:

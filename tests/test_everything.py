@@ -124,8 +124,11 @@ def test_generator_thresholds_filter_everything(generator_predictor):
     assert gen.generate(random_image(40, 40)) == []
 
 
-@pytest.mark.parametrize("precision, batch", [("exact", 9), ("exact", 15), ("fast", 11)])
-def test_decode_in_chunks_is_bitwise_the_model(tiny_model, precision, batch):
+@pytest.mark.parametrize(
+    "precision, batch, prompt",
+    [("exact", 9, "click"), ("exact", 15, "click"), ("fast", 11, "click"), ("exact", 10, "box")],
+)
+def test_decode_in_chunks_is_bitwise_the_model(tiny_model, precision, batch, prompt):
     from segany.everything import decode_in_chunks
     from segany.optimize import configure
 
@@ -133,11 +136,16 @@ def test_decode_in_chunks_is_bitwise_the_model(tiny_model, precision, batch):
     emb = torch.randn(1, 256, 64, 64)
     coords = torch.rand(batch, 1, 2) * 1000
     labels = torch.ones(batch, 1, dtype=torch.int64)
+    boxes, multimask = None, True
+    if prompt == "box":
+        xy = torch.rand(batch, 2) * 500
+        coords, labels, boxes, multimask = None, None, torch.cat([xy, xy + 300], dim=1), False
     configure(tiny_model, precision)
     try:
         with torch.inference_mode():
-            want_low, want_iou = tiny_model.decode(emb, coords, labels, None, None, True)
-            low, iou = decode_in_chunks(tiny_model, emb, coords, labels, chunk=4)  # 4+5, 4+4+7, 4+7
+            want_low, want_iou = tiny_model.decode(emb, coords, labels, boxes, None, multimask)
+            # chunks 4+5, 4+4+7, 4+7, 4+6
+            low, iou = decode_in_chunks(tiny_model, emb, coords, labels, chunk=4, boxes=boxes, multimask=multimask)
     finally:
         configure(tiny_model, "exact")
     assert torch.equal(low, want_low) and torch.equal(iou, want_iou)

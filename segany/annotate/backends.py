@@ -12,11 +12,14 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from segany.annotate.sources import ObjectPrompt
 from segany.errors import UnavailableError
-from segany.everything import AutomaticMaskGenerator, EverythingSettings
+from segany.everything import UPSCALE_BUDGET_BYTES, AutomaticMaskGenerator, EverythingSettings, decode_in_chunks
 from segany.masks import encode_rle_batch
+from segany.predictor import MASK_THRESHOLD
+from segany.transforms import boxes_to_input, coords_to_input, upscale_logits
 
 #: Prompts per decoder call when labelling from prompts (bounds the memory of full-size masks).
 PROMPT_CHUNK = 32
@@ -62,17 +65,50 @@ class LocalBackend:
         size = handle.original_size
         resolved = [p.resolved(*size) for p in prompts or []]
         checked = [make_prompt(size, p.points, p.labels, p.box) for p in resolved]
+        groups: dict[tuple, list[int]] = {}  # prompts of one structure share decoder calls
+        for i, (p, c) in enumerate(zip(resolved, checked)):
+            groups.setdefault((c.num_points, c.box is not None, p.multimask), []).append(i)
         objects: list[dict | None] = [None] * len(checked)
-        for multimask in (False, True):
-            ids = [i for i, p in enumerate(resolved) if p.multimask == multimask]
+        for (_, _, multimask), ids in groups.items():
             for start in range(0, len(ids), PROMPT_CHUNK):
                 chunk = ids[start : start + PROMPT_CHUNK]
-                results = self.predictor.predict_prompts(handle, [checked[i] for i in chunk], multimask)
-                masks = np.stack([r.masks[r.best] for r in results])
-                for i, r, rle in zip(chunk, results, encode_rle_batch(masks)):
-                    score = float(r.scores[r.best])
-                    objects[i] = {"segmentation": rle, "category": resolved[i].category, "score": score}
+                masks, scores = self._best_masks(handle, [checked[i] for i in chunk], multimask)
+                for i, score, rle in zip(chunk, scores, encode_rle_batch(masks)):
+                    objects[i] = {"segmentation": rle, "category": resolved[i].category, "score": float(score)}
         return [o for o in objects if o is not None]
+
+    @torch.inference_mode()
+    def _best_masks(self, emb, prompts: Sequence, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Prompts of one structure -> (n, H, W) bool masks (best candidate each) and (n,) scores.
+
+        Same numbers as ``Predictor.predict_prompts`` (same conversions, decoder bit-identical via
+        ``decode_in_chunks``), but only the chosen candidate is upscaled, in memory-bounded chunks.
+        """
+        predictor = self.predictor
+        size, target, device = emb.original_size, predictor.image_size, predictor.device
+        first = prompts[0]
+        coords = labels = boxes = None
+        if first.points is not None:
+            pts = np.stack([coords_to_input(p.points, size, target) for p in prompts])
+            coords = torch.as_tensor(pts, dtype=torch.float32, device=device)
+            labels = torch.as_tensor(np.stack([p.labels for p in prompts]), dtype=torch.int64, device=device)
+        if first.box is not None:
+            bx = np.stack([boxes_to_input(p.box, size, target) for p in prompts])
+            boxes = torch.as_tensor(bx, dtype=torch.float32, device=device)
+        image_embeddings = emb.image_embeddings.to(device, torch.float32)
+        low_res, scores = decode_in_chunks(
+            predictor.model, image_embeddings, coords, labels, boxes=boxes, multimask=multimask
+        )
+        best = scores.argmax(dim=1)
+        rows = torch.arange(len(prompts), device=low_res.device)
+        chosen = low_res[rows, best].unsqueeze(1)
+        per_mask = 4 * (size[0] * size[1] + target * target)
+        step = max(1, UPSCALE_BUDGET_BYTES // per_mask)
+        masks = np.concatenate([
+            (upscale_logits(chosen[i : i + step], emb.input_size, size, target)[:, 0] > MASK_THRESHOLD).cpu().numpy()
+            for i in range(0, len(prompts), step)
+        ])
+        return masks, scores[rows, best].float().cpu().numpy()
 
 
 class ServerBackend:
