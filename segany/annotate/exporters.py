@@ -90,9 +90,16 @@ class Exporter:
 
     # ------------------------------------------------------------------------------------------- per image
     def write_image_outputs(self, record: dict, image: np.ndarray | None) -> None:
-        """Write the per-image files of ``record`` (everything but the COCO file)."""
-        needs_masks = "yolo" in self.formats or "png" in self.formats or self.overlay
+        """Write the per-image files of ``record`` (everything but the COCO file).
+
+        With ``polygons`` the record's objects gain their polygons here, once, so COCO checkpoints need not trace
+        every mask again.
+        """
+        needs_masks = "yolo" in self.formats or "png" in self.formats or self.overlay or self.polygons
         masks = [decode_rle(o["segmentation"]) for o in record["objects"]] if needs_masks else []
+        if self.polygons:
+            for obj, mask in zip(record["objects"], masks):
+                obj["polygons"] = polygons_with_holes(mask)
         stem = output_stem(record["name"])
         if "yolo" in self.formats:
             lines = [yolo_line(self.categories[o["category"]].yolo_index, m) for o, m in zip(record["objects"], masks)]
@@ -130,7 +137,10 @@ class Exporter:
                     "score": obj["score"],
                 }
                 if self.polygons:
-                    ann["polygons"] = polygons_with_holes(decode_rle(obj["segmentation"]))
+                    polygons = obj.get("polygons")
+                    ann["polygons"] = polygons if polygons is not None else polygons_with_holes(
+                        decode_rle(obj["segmentation"])
+                    )
                 ann.update(obj.get("extra", {}))
                 annotations.append(ann)
         categories = [{"id": c.id, "name": c.name, "supercategory": ""} for c in self.categories]
