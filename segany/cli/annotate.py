@@ -132,7 +132,7 @@ def run_annotate(args: argparse.Namespace) -> int:
         model_id = model.fingerprint
     prompts = None
     if source is not None:
-        prompts = {"path": str(Path(args.prompts)), "sha256": _file_digest(Path(args.prompts))}
+        prompts = {"sha256": _file_digest(Path(args.prompts))}  # contents, not the path: cwd may change
     amg = None if everything is None else {k: v for k, v in asdict(everything).items() if k != "point_grids"}
     settings = {
         "model": model_id,
