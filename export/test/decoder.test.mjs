@@ -18,6 +18,7 @@ import * as ort from "onnxruntime-node";
 
 import {
   SeganyDecoder,
+  buildFeeds,
   cocoRleToMask,
   inputSizeFor,
   lowResOf,
@@ -124,6 +125,19 @@ describe("embedding container", () => {
 });
 
 describe("decoder vs the Python predictor", () => {
+  test("feeds are bit for bit what segany.onnx.public_feeds builds", () => {
+    for (const entry of manifest.sizes) {
+      const emb = parseEmbedding(read(`${entry.name}.f32.seganye`));
+      for (const key of Object.keys(entry.prompts)) {
+        const f = buildFeeds(emb, promptOf(entry, key));
+        assert.deepEqual(Array.from(f.coords), entry.prompts[key].feeds.point_coords, `${entry.name} ${key} coords`);
+        assert.deepEqual(Array.from(f.labels), entry.prompts[key].feeds.point_labels, `${entry.name} ${key} labels`);
+        assert.equal(f.hasMask, entry.prompts[key].mask_input ? 1 : 0);
+        assert.deepEqual(Array.from(f.origImSize), entry.size);
+      }
+    }
+  });
+
   for (const dtype of ["f32", "f16"]) {
     test(`multimask export, ${dtype} container: every prompt, every size`, async () => {
       for (const entry of manifest.sizes) {

@@ -46,7 +46,7 @@ def _prompts(h: int, w: int) -> dict[str, dict]:
 def main(out: Path) -> None:
     import segany
     from segany.masks import encode_rle
-    from segany.onnx import export_decoder
+    from segany.onnx import export_decoder, public_feeds
     from segany.optimize import configure
 
     torch.set_num_threads(2)
@@ -79,7 +79,10 @@ def main(out: Path) -> None:
             single = multi.masks[multi.best] if n_points <= 2 else token0.masks[0]
             (out / f"{name}.{key}.single.u8").write_bytes(single.astype(np.uint8).tobytes())
             (out / f"{name}.{key}.token0.u8").write_bytes(token0.masks[0].astype(np.uint8).tobytes())
+            feeds = public_feeds(emb.image_embeddings.numpy(), (h, w), **kw)
             entry["prompts"][key] = {
+                # what the JS must build bit for bit (float32 values, exact as JSON doubles)
+                "feeds": {name: feeds[name].ravel().tolist() for name in ("point_coords", "point_labels")},
                 "points": kw.get("points"),
                 "labels": kw.get("labels"),
                 "box": kw.get("box"),
