@@ -34,6 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+# Same OpenMP wait policy as `segany serve` (see segany/cli/serve.py), for the server child and the in-process
+# references alike; set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 if __package__ in (None, ""):  # `python benchmarks/bench_service.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -198,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, str, str]] = []
     image = _image(h, w, 0)
     print(f"# segany service benchmark: model={args.model} threads={args.threads} image={h}x{w} "
-          f"cpu_count={os.cpu_count()} load={os.getloadavg()[0]:.1f}", flush=True)
+          f"cpu_count={os.cpu_count()} load={os.getloadavg()[0]:.1f} "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
 
     # -- in-process references --------------------------------------------------------------------------------
     predictor = Predictor(_model(args.model))
