@@ -46,6 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--tls-key", help="PEM private key for TLS")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
     p.add_argument("--metrics-port", type=_port, help="also serve Prometheus text on http://HOST:PORT/metrics")
+    p.add_argument("--http-port", type=_port, help="also serve the browser demo, ONNX decoder and embeddings over HTTP")
     p.add_argument("--grace", type=float, help="seconds in-flight calls get on SIGTERM (default 10)")
     p.add_argument("--no-warmup", action="store_true", help="report SERVING without a warm-up run")
     p.set_defaults(func=run)
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         "tls_key": args.tls_key,
         "tls_client_ca": args.tls_client_ca,
         "metrics_port": args.metrics_port,
+        "http_port": args.http_port,
         "grace_seconds": args.grace,
         "warmup": False if args.no_warmup else None,
     }

@@ -228,6 +228,12 @@ async def serve(settings: Settings, out=sys.stdout) -> int:
     print(f"segany serving on {settings.host}:{port}", file=out, flush=True)
     if service.metrics_port is not None:
         print(f"segany metrics on http://{settings.host}:{service.metrics_port}/metrics", file=out, flush=True)
+    demo = None
+    if settings.http_port is not None:
+        from segany.service.http_demo import start_http_server
+
+        demo, http_port = start_http_server(service.engine, settings.host, settings.http_port)
+        print(f"segany demo on http://{settings.host}:{http_port}/", file=out, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -235,6 +241,8 @@ async def serve(settings: Settings, out=sys.stdout) -> int:
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (grace %.1fs)", settings.grace_seconds)
+    if demo is not None:
+        demo.close()
     await service.stop()
     print("segany stopped", file=out, flush=True)
     return 0

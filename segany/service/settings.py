@@ -108,6 +108,7 @@ class Settings:
     # Operations
     grace_seconds: float = 10.0
     metrics_port: int | None = None  # also serve /metrics over HTTP on this port (0 = pick one)
+    http_port: int | None = None  # also serve the browser demo, decoder and embeddings over HTTP (0 = pick one)
     reflection: bool = True
     decoder_onnx_provider: DecoderOnnxProvider | None = field(default=default_decoder_onnx_provider, repr=False)
 
