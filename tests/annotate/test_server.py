@@ -61,6 +61,7 @@ def test_everything_through_the_server(run_cli, server, image_dir, tiny_checkpoi
         assert (g & w).sum() / max(1, (g | w).sum()) >= SERVER_MASK_IOU
 
 
+@pytest.mark.slow  # waits out the 30 s readiness timeout
 def test_unreachable_server_exits_3(run_cli, image_dir, tmp_path):
     code, err = run_cli("annotate", image_dir, "--out", tmp_path / "o", "--everything", "--server", "127.0.0.1:1")
     assert code == 3 and "not reachable" in err
