@@ -18,7 +18,7 @@ The crop to the resized image size is tensor slicing computed in the graph from 
 serves every aspect ratio. The dense positional encoding is computed in the graph (about a millisecond) rather
 than stored: a stored copy would add 4 MiB to every file a browser downloads.
 
-Two rewrites that change no value beyond float rounding make the exported graphs faster than the public export
+Rewrites that change no value beyond float rounding make the exported graphs faster than the public export
 (``fast=True``, the default; the plain path stays for comparison, and ``tests/test_onnx.py`` checks both against
 torch):
 
@@ -26,6 +26,9 @@ torch):
   (the prompt tokens) by associativity, so the 4096 image tokens are never projected: about 40% fewer
   multiply-adds per prompt (``_FewQueryAttention``, ``_FewKeyAttention``); the values differ from the plain
   graph by float rounding only (~1e-6);
+- the output upscaling's two ConvTranspose2d (kernel = stride = 2) run as plain MatMuls with the pixels left in
+  sub-pixel-major order, and only the few mask planes are put back in raster order (``_SubPixelUpscaling``):
+  no col2im scatter of the 8 MiB feature map;
 - the low-res logits are cropped to the rows/columns that the 4x upsample of the resized image reads (plus one for
   the bilinear neighbour) before upsampling: bilinear x4 with half-pixel centres reads source rows <= ceil(h / 4)
   for output rows < h, so the crop changes no value and skips a third of the 1024x1024 upsample for a 2:3 image.
@@ -106,6 +109,65 @@ class _FewKeyAttention(nn.Module):
         return weights @ values + a.out_proj.bias
 
 
+class _SubPixelUpscaling(nn.Module):
+    """SAM's ``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) as two plain MatMuls.
+
+    A ConvTranspose2d whose kernel equals its stride sends each input pixel to its own 2x2 block: one MatMul with
+    output rows (channel, dy, dx), no col2im scatter. Everything after it is per pixel, so the pixels stay in
+    *sub-pixel-major* order (dy2, dx2, dy1, dx1, y, x) instead of raster order: the output is (B, C/8, 4h, 4w)
+    with that order, :meth:`MaskDecoder.predict_masks` only takes per-pixel dot products of it, and
+    :func:`_raster_order` reorders the few mask planes at the end. Shares the wrapped layers' parameters.
+    """
+
+    def __init__(self, upscaling: nn.Sequential) -> None:
+        super().__init__()
+        self.deconv1, self.norm, self.act1, self.deconv2, self.act2 = upscaling
+
+    @staticmethod
+    def supports(upscaling: nn.Module) -> bool:
+        from segany.modeling.common import LayerNorm2d
+
+        if not isinstance(upscaling, nn.Sequential) or len(upscaling) != 5:
+            return False
+        d1, norm, a1, d2, a2 = upscaling
+        plain = all(
+            isinstance(d, nn.ConvTranspose2d)
+            and d.kernel_size == (2, 2)
+            and d.stride == (2, 2)
+            and d.padding == (0, 0)
+            and d.output_padding == (0, 0)
+            and d.dilation == (1, 1)
+            and d.groups == 1
+            for d in (d1, d2)
+        )
+        return plain and isinstance(norm, LayerNorm2d) and isinstance(a1, nn.GELU) and isinstance(a2, nn.GELU)
+
+    @staticmethod
+    def _deconv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+        """(B, C_in, N) -> (B, C_out, 4N): pixel order (dy, dx, previous order)."""
+        c_in, c_out = conv.in_channels, conv.out_channels
+        weight = conv.weight.permute(1, 2, 3, 0).reshape(4 * c_out, c_in)  # rows (o, dy, dx)
+        y = (weight @ x).reshape(x.shape[0], c_out, -1)
+        return y + conv.bias.reshape(1, c_out, 1) if conv.bias is not None else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = self._deconv(x.reshape(b, c, h * w), self.deconv1)
+        # LayerNorm2d is per pixel, so any pixel order will do; a 4-D (B, C, 2h, 2w) view keeps its ops on their
+        # fast paths (a trailing axis of 1 sends Pow to onnxruntime's slow broadcasting path)
+        y = self.act1(self.norm(y.reshape(b, -1, 2 * h, 2 * w))).flatten(2)
+        y = self.act2(self._deconv(y, self.deconv2))
+        return y.reshape(b, -1, 4 * h, 4 * w)
+
+
+def _raster_order(masks: torch.Tensor) -> torch.Tensor:
+    """(B, M, 4h, 4w) in sub-pixel-major order (dy2, dx2, dy1, dx1, y, x) -> raster order."""
+    b, m, hh, ww = masks.shape
+    h, w = hh // 4, ww // 4
+    blocks = masks.reshape(b, m, 2, 2, 2, 2, h, w)
+    return blocks.permute(0, 1, 6, 4, 2, 7, 5, 3).reshape(b, m, hh, ww)
+
+
 def _export_mask_decoder(mask_decoder: nn.Module) -> nn.Module:
     """A copy of ``mask_decoder`` for export with the cross-attentions rewritten (see the module docstring).
 
@@ -121,6 +183,9 @@ def _export_mask_decoder(mask_decoder: nn.Module) -> nn.Module:
             module.cross_attn_image_to_token = _FewKeyAttention(module.cross_attn_image_to_token)
         elif isinstance(module, TwoWayTransformer):
             module.final_attn_token_to_image = _FewQueryAttention(module.final_attn_token_to_image)
+    if _SubPixelUpscaling.supports(fast.output_upscaling):
+        fast.output_upscaling = _SubPixelUpscaling(fast.output_upscaling)
+        fast.sub_pixel_order = True
     return fast
 
 
@@ -129,8 +194,12 @@ class _DecoderBase(nn.Module):
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = _export_mask_decoder(model.mask_decoder) if fast else model.mask_decoder
+        self.sub_pixel_order = bool(getattr(self.mask_decoder, "sub_pixel_order", False))
         self.image_size = model.image_size
         self.fast = fast
+
+    def _raster(self, low_res: torch.Tensor) -> torch.Tensor:
+        return _raster_order(low_res) if self.sub_pixel_order else low_res
 
     def _dense(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         has = has_mask_input.reshape(-1, 1, 1, 1)
@@ -145,8 +214,9 @@ class _DecoderBase(nn.Module):
         if self.fast:
             # keep the low-res rows/cols the x4 upsample reads for the first input_size outputs (see module doc)
             factor = s // low_res.shape[-1]
-            keep = torch.clamp(torch.div(input_size + factor - 1, factor, rounding_mode="floor") + 1,
-                               max=low_res.shape[-1])
+            keep = torch.clamp(
+                torch.div(input_size + factor - 1, factor, rounding_mode="floor") + 1, max=low_res.shape[-1]
+            )
             x = low_res[..., : keep[0], : keep[1]]
             x = F.interpolate(x, scale_factor=float(factor), mode="bilinear", align_corners=False)
         else:
@@ -183,6 +253,7 @@ class PublicDecoder(_DecoderBase):
             pick = torch.argmax(scores + (point_coords.shape[1] - 2.5) * reweight, dim=1)
             low_res = low_res[torch.arange(low_res.shape[0]), pick].unsqueeze(1)
             scores = scores[torch.arange(scores.shape[0]), pick].unsqueeze(1)
+        low_res = self._raster(low_res)  # after the selection: one plane to reorder, not four
         return self._upscale(low_res, orig_im_size), scores, low_res
 
 
@@ -209,6 +280,7 @@ class BatchedDecoder(_DecoderBase):
             image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense
         )
         low_res, scores = (low_res[:, 1:], scores[:, 1:]) if self.multimask else (low_res[:, :1], scores[:, :1])
+        low_res = self._raster(low_res)
         if self.upsample:
             return scores, low_res, self._upscale(low_res, orig_im_size)
         return scores, low_res

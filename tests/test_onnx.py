@@ -174,11 +174,18 @@ def test_fast_export_matches_the_plain_graph(tmp_path, predictor, embeddings, ba
     configure(model, "exact")
     for size in [(1500, 2250), (777, 500)]:
         h, w = size
-        feeds = public_feeds(embeddings[size].image_embeddings.numpy(), size, points=[[w * 0.3, h * 0.4]], labels=[1],
-                             box=[w * 0.1, h * 0.2, w * 0.7, h * 0.9])
+        feeds = public_feeds(
+            embeddings[size].image_embeddings.numpy(),
+            size,
+            points=[[w * 0.3, h * 0.4]],
+            labels=[1],
+            box=[w * 0.1, h * 0.2, w * 0.7, h * 0.9],
+        )
         if batched:
-            feeds = {k: (np.repeat(v, 3, axis=0) if k not in ("image_embeddings", "orig_im_size") else v)
-                     for k, v in feeds.items()}
+            feeds = {
+                k: (np.repeat(v, 3, axis=0) if k not in ("image_embeddings", "orig_im_size") else v)
+                for k, v in feeds.items()
+            }
             feeds["has_mask_input"] = np.zeros(3, np.float32)
         for a, b in zip(fast.run(None, feeds), plain.run(None, feeds)):
             np.testing.assert_allclose(a, b, atol=ATOL, rtol=1e-4)
