@@ -105,15 +105,18 @@ def bench_predict(repeats: int, rows: list, tmp: Path) -> None:
                  f"{t_public / results['exact']:.2f}x / {t_public / results['fast']:.2f}x", "fast >= 2x public"])
 
 
+# Peak RSS from VmHWM: unlike ru_maxrss it is not inherited across fork/exec from the (large) parent process.
 LOAD_SCRIPT = """
-import resource, sys, torch
+import sys, torch
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
 sys.path.insert(0, {root!r})
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-import segany
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import segany, segany.models, segany.modeling
+base = hwm()
 model = segany.load_model({path!r})
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) * 1024)
+print(hwm() - base)
 """
 
 
