@@ -16,8 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
+# Sleeping, not spinning, OpenMP workers: on a shared 2-core machine spinning threads steal the cores the other
+# contender needs (both sides run in this process under the same setting). Must be set before torch starts OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -158,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.load_check:
             bench_load(rows, tmp)
     print(f"\nsegany model benchmark: torch {torch.__version__}, {args.threads} threads, bf16 native: "
-          f"{cpu_has_bf16()}, medians of {args.repeats}+ runs after warm-up, random weights\n")
+          f"{cpu_has_bf16()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, medians of {args.repeats}+ runs "
+          f"after warm-up, random weights\n")
     print_table(["what", "public", "segany exact", "segany fast", "speed-up exact / fast", "target"], rows)
     return 0
 
