@@ -39,9 +39,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from segany.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segany.modeling import Sam
 from segany.modeling.lite_encoder import LiteEncoder
 from segany.modeling.sam import PIXEL_MEAN, PIXEL_STD
+from segany.models import assemble
 from segany.training.losses import sam_loss
 from segany.training.prompts import corrective_click, jittered_box, random_point_inside
 from segany.training.synthetic import TRAIN_SETTINGS, GeneratorSettings, generate_scene
@@ -49,11 +50,7 @@ from segany.training.synthetic import TRAIN_SETTINGS, GeneratorSettings, generat
 
 def build_lite_sam() -> Sam:
     """The segany-lite architecture with random weights: LiteEncoder + SAM's standard prompt encoder and decoder."""
-    return Sam(
-        image_encoder=LiteEncoder(),
-        prompt_encoder=PromptEncoder(256, (64, 64), (1024, 1024), 16),
-        mask_decoder=MaskDecoder(256, TwoWayTransformer(2, 256, 8, 2048), 3, 3, 256),
-    )
+    return assemble(LiteEncoder())
 
 
 def set_model_resolution(model: Sam, image_size: int) -> None:
