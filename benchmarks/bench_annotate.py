@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP; same for every implementation
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -194,7 +197,8 @@ def main() -> None:
         rows += box_rows
     header = ("run", "wall s/image", "cpu s/image", "images/hour", "vs public", "masks", "output")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\nsegany annotate benchmark: {args.threads} threads, torch {torch.__version__}, image {args.size[1]}x"
+    print(f"\nsegany annotate benchmark: {args.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+          f"torch {torch.__version__}, image {args.size[1]}x"
           f"{args.size[0]}, everything: {args.encoder} random weights, {args.points_per_side}x{args.points_per_side} "
           f"points, public defaults; boxes: {args.box_images} images x 10 boxes")
     for r in [header, *rows]:

@@ -89,6 +89,11 @@ def _file_digest(path: Path) -> str:
 
 
 def run_annotate(args: argparse.Namespace) -> int:
+    import os
+
+    # OpenMP threads that spin while waiting burn the cores they share with the encoder/decoder threads and
+    # other jobs (see segany serve). Set before torch starts OpenMP; an explicit OMP_WAIT_POLICY wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from dataclasses import asdict
 
     from segany.annotate.exporters import Exporter
