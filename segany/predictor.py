@@ -67,6 +67,8 @@ class Predictor:
         """RGB image (any accepted layout) -> normalised padded (1, 3, S, S), original (H, W), input (h, w)."""
         image = as_rgb_uint8(image)
         resized = resize_image(image, self.image_size)
+        if not resized.flags.writeable:  # torch warns on read-only arrays (a caller's view, no resize needed)
+            resized = resized.copy()
         x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
         return self.model.normalize_and_pad(x), image.shape[:2], resized.shape[:2]
 
