@@ -31,10 +31,10 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:
-    from segany.embedding import ImageEmbedding
-    from segany.errors import SeganyError
-    from segany.models import VARIANTS, build_model, load_model
-    from segany.predictor import PredictionResult, Predictor
+    from segany.embedding import ImageEmbedding  # noqa: F401  (re-exported lazily through __getattr__)
+    from segany.errors import SeganyError  # noqa: F401
+    from segany.models import VARIANTS, build_model, load_model  # noqa: F401
+    from segany.predictor import PredictionResult, Predictor  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

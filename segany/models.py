@@ -204,7 +204,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise CheckpointError("reading .safetensors needs the 'safetensors' package: pip install safetensors") from None
+            raise CheckpointError(
+                "reading .safetensors needs the 'safetensors' package: pip install safetensors"
+            ) from None
         try:
             return dict(load_file(str(path), device="cpu"))
         except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file for the user

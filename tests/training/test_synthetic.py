@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segany.training.synthetic import EVAL_SETTINGS, TRAIN_SETTINGS, generate_scene
 from segany.training.prompts import corrective_click, jittered_box, mask_box, random_point_inside
+from segany.training.synthetic import EVAL_SETTINGS, TRAIN_SETTINGS, generate_scene
 
 
 @pytest.mark.parametrize("settings", [TRAIN_SETTINGS, EVAL_SETTINGS])

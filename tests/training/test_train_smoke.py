@@ -13,7 +13,8 @@ def test_two_steps_write_loadable_weights(tmp_path: Path) -> None:
     out = tmp_path / "run"
     rc = train.main(
         [
-            "--out", str(out), "--steps", "2", "--minutes", "0", "--sizes", "128", "--ref-size", "128", "--hires-frac", "0",
+            "--out", str(out), "--steps", "2", "--minutes", "0", "--sizes", "128", "--ref-size", "128",
+            "--hires-frac", "0",
             "--batch", "1", "--prompts", "2", "--rounds", "2", "--workers", "0", "--warmup", "1",
             "--log-every", "1",
         ]
