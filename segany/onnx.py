@@ -18,27 +18,18 @@ The crop to the resized image size is tensor slicing computed in the graph from 
 serves every aspect ratio. The dense positional encoding is computed in the graph (about a millisecond) rather
 than stored: a stored copy would add 4 MiB to every file a browser downloads.
 
-Rewrites that change no value beyond float rounding make the exported graphs faster than the public export
-(``fast=True``, the default; the plain path stays for comparison, and ``tests/test_onnx.py`` checks both against
-torch):
-
-- the three token -> image and two image -> token cross-attentions move their projections to the small side
-  (the prompt tokens) by associativity, so the 4096 image tokens are never projected: about 40% fewer
-  multiply-adds per prompt (``_FewQueryAttention``, ``_FewKeyAttention``); the values differ from the plain
-  graph by float rounding only (~1e-6);
-- the output upscaling's two ConvTranspose2d (kernel = stride = 2) run as plain MatMuls with the pixels left in
-  sub-pixel-major order, and only the few mask planes are put back in raster order (``_SubPixelUpscaling``):
-  no col2im scatter of the 8 MiB feature map;
-- the low-res logits are cropped to the rows/columns that the 4x upsample of the resized image reads (plus one for
-  the bilinear neighbour) before upsampling: bilinear x4 with half-pixel centres reads source rows <= ceil(h / 4)
-  for output rows < h, so the crop changes no value and skips a third of the 1024x1024 upsample for a 2:3 image.
+``fast=True`` (the default) builds the graphs from :func:`segany.modeling.fast_decoder.fast_mask_decoder`, the
+value-preserving rewrite of the decoder that the predictor's fast path also runs (projections moved to the prompt
+side of the cross-attentions, sub-pixel upscaling); the plain path stays for comparison, and ``tests/test_onnx.py``
+checks both against torch. In the graph, one more rewrite: the low-res logits are cropped to the rows/columns that
+the 4x upsample of the resized image reads (plus one for the bilinear neighbour) before upsampling: bilinear x4 with
+half-pixel centres reads source rows <= ceil(h / 4) for output rows < h, so the crop changes no value and skips a
+third of the 1024x1024 upsample for a 2:3 image.
 """
 
 from __future__ import annotations
 
-import copy
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,158 +39,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from segany.modeling import Sam
+from segany.modeling.fast_decoder import fast_mask_decoder, raster_order
 
 OPSET = 17
-
-
-class _FewQueryAttention(nn.Module):
-    """:class:`Attention` for a few queries over many keys (tokens -> image), with the projections moved.
-
-    Per head h, scores ``(q Wq_h + bq_h)(k Wk_h + bk_h)^T = ((q Wq_h + bq_h) Wk_h^T) k^T + a per-row constant``
-    (softmax drops it), and ``softmax(S) (v Wv_h + bv_h) = (softmax(S) v) Wv_h + bv_h`` (rows of softmax sum to
-    1). So the 4096 image tokens are never projected: two (heads*Nq, C) x (C, Nk) products instead of two
-    (Nk, C) x (C, C/2) ones, less than half the multiply-adds. Shares the wrapped layers' parameters.
-    """
-
-    def __init__(self, attn: nn.Module) -> None:
-        super().__init__()
-        self.attn = attn
-        self.heads = attn.num_heads
-        self.head_dim = attn.internal_dim // attn.num_heads
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        a, heads, d = self.attn, self.heads, self.head_dim
-        b, n_q, c = q.shape
-        qh = a._heads(a.q_proj(q))  # (B, heads, Nq, d)
-        q_in_k = qh @ a.k_proj.weight.reshape(heads, d, c)  # (B, heads, Nq, C)
-        scores = q_in_k.reshape(b, heads * n_q, c) @ k.transpose(1, 2)  # (B, heads*Nq, Nk)
-        weights = (scores / math.sqrt(d)).softmax(dim=-1)
-        mixed = (weights @ v).reshape(b, heads, n_q, c)  # softmax-weighted image tokens, per head
-        out = mixed @ a.v_proj.weight.reshape(heads, d, c).transpose(1, 2) + a.v_proj.bias.reshape(heads, 1, d)
-        return a.out_proj(out.transpose(1, 2).reshape(b, n_q, heads * d))
-
-
-class _FewKeyAttention(nn.Module):
-    """:class:`Attention` for many queries over a few keys (image -> tokens), with the projections moved.
-
-    Per head h, scores ``(q Wq_h + bq_h) k_h^T = q (Wq_h k_h^T) + bq_h k_h^T`` and the output
-    ``sum_h softmax(S_h) (v_h Wo_h) + bo``: the 4096 image tokens meet one (C, heads*Nk) and one (heads*Nk, C)
-    matrix instead of the (C, C/2) query and (C/2, C) output projections. Shares the wrapped layers' parameters.
-    """
-
-    def __init__(self, attn: nn.Module) -> None:
-        super().__init__()
-        self.attn = attn
-        self.heads = attn.num_heads
-        self.head_dim = attn.internal_dim // attn.num_heads
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        a, heads, d = self.attn, self.heads, self.head_dim
-        b, n_q, c = q.shape
-        n_k = k.shape[1]
-        kh = a._heads(a.k_proj(k))  # (B, heads, Nk, d)
-        vh = a._heads(a.v_proj(v))
-        wq = a.q_proj.weight.reshape(heads, d, c)
-        q_to_k = (wq.transpose(1, 2) @ kh.transpose(2, 3)).permute(0, 2, 1, 3).reshape(b, c, heads * n_k)
-        bias = (a.q_proj.bias.reshape(heads, 1, d) @ kh.transpose(2, 3)).reshape(b, 1, heads * n_k)
-        scores = (q @ q_to_k + bias).reshape(b, n_q, heads, n_k)  # (B, Nq, heads, Nk)
-        weights = (scores / math.sqrt(d)).softmax(dim=-1).reshape(b, n_q, heads * n_k)
-        wo = a.out_proj.weight.reshape(c, heads, d).permute(1, 2, 0)  # (heads, d, C)
-        values = (vh @ wo).reshape(b, heads * n_k, c)  # each key's value already through the output projection
-        return weights @ values + a.out_proj.bias
-
-
-class _SubPixelUpscaling(nn.Module):
-    """SAM's ``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) as two plain MatMuls.
-
-    A ConvTranspose2d whose kernel equals its stride sends each input pixel to its own 2x2 block: one MatMul with
-    output rows (channel, dy, dx), no col2im scatter. Everything after it is per pixel, so the pixels stay in
-    *sub-pixel-major* order (dy2, dx2, dy1, dx1, y, x) instead of raster order: the output is (B, C/8, 4h, 4w)
-    with that order, :meth:`MaskDecoder.predict_masks` only takes per-pixel dot products of it, and
-    :func:`_raster_order` reorders the few mask planes at the end. Shares the wrapped layers' parameters.
-    """
-
-    def __init__(self, upscaling: nn.Sequential) -> None:
-        super().__init__()
-        self.deconv1, self.norm, self.act1, self.deconv2, self.act2 = upscaling
-
-    @staticmethod
-    def supports(upscaling: nn.Module) -> bool:
-        from segany.modeling.common import LayerNorm2d
-
-        if not isinstance(upscaling, nn.Sequential) or len(upscaling) != 5:
-            return False
-        d1, norm, a1, d2, a2 = upscaling
-        plain = all(
-            isinstance(d, nn.ConvTranspose2d)
-            and d.kernel_size == (2, 2)
-            and d.stride == (2, 2)
-            and d.padding == (0, 0)
-            and d.output_padding == (0, 0)
-            and d.dilation == (1, 1)
-            and d.groups == 1
-            for d in (d1, d2)
-        )
-        return plain and isinstance(norm, LayerNorm2d) and isinstance(a1, nn.GELU) and isinstance(a2, nn.GELU)
-
-    @staticmethod
-    def _deconv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-        """(B, C_in, N) -> (B, C_out, 4N): pixel order (dy, dx, previous order)."""
-        c_in, c_out = conv.in_channels, conv.out_channels
-        weight = conv.weight.permute(1, 2, 3, 0).reshape(4 * c_out, c_in)  # rows (o, dy, dx)
-        y = (weight @ x).reshape(x.shape[0], c_out, -1)
-        return y + conv.bias.reshape(1, c_out, 1) if conv.bias is not None else y
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        y = self._deconv(x.reshape(b, c, h * w), self.deconv1)
-        # LayerNorm2d is per pixel, so any pixel order will do; a 4-D (B, C, 2h, 2w) view keeps its ops on their
-        # fast paths (a trailing axis of 1 sends Pow to onnxruntime's slow broadcasting path)
-        y = self.act1(self.norm(y.reshape(b, -1, 2 * h, 2 * w))).flatten(2)
-        y = self.act2(self._deconv(y, self.deconv2))
-        return y.reshape(b, -1, 4 * h, 4 * w)
-
-
-def _raster_order(masks: torch.Tensor) -> torch.Tensor:
-    """(B, M, 4h, 4w) in sub-pixel-major order (dy2, dx2, dy1, dx1, y, x) -> raster order."""
-    b, m, hh, ww = masks.shape
-    h, w = hh // 4, ww // 4
-    blocks = masks.reshape(b, m, 2, 2, 2, 2, h, w)
-    return blocks.permute(0, 1, 6, 4, 2, 7, 5, 3).reshape(b, m, hh, ww)
-
-
-def _export_mask_decoder(mask_decoder: nn.Module) -> nn.Module:
-    """A copy of ``mask_decoder`` for export with the cross-attentions rewritten (see the module docstring).
-
-    Modules are copied, parameters shared (the deepcopy memo maps each tensor to itself): the model is untouched.
-    """
-    from segany.modeling.transformer import TwoWayAttentionBlock, TwoWayTransformer
-
-    tensors = {id(t): t for t in [*mask_decoder.parameters(), *mask_decoder.buffers()]}
-    fast = copy.deepcopy(mask_decoder, tensors)
-    for module in fast.modules():
-        if isinstance(module, TwoWayAttentionBlock):
-            module.cross_attn_token_to_image = _FewQueryAttention(module.cross_attn_token_to_image)
-            module.cross_attn_image_to_token = _FewKeyAttention(module.cross_attn_image_to_token)
-        elif isinstance(module, TwoWayTransformer):
-            module.final_attn_token_to_image = _FewQueryAttention(module.final_attn_token_to_image)
-    if _SubPixelUpscaling.supports(fast.output_upscaling):
-        fast.output_upscaling = _SubPixelUpscaling(fast.output_upscaling)
-        fast.sub_pixel_order = True
-    return fast
 
 
 class _DecoderBase(nn.Module):
     def __init__(self, model: Sam, fast: bool = True) -> None:
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
-        self.mask_decoder = _export_mask_decoder(model.mask_decoder) if fast else model.mask_decoder
+        self.mask_decoder = fast_mask_decoder(model.mask_decoder) if fast else model.mask_decoder
         self.sub_pixel_order = bool(getattr(self.mask_decoder, "sub_pixel_order", False))
         self.image_size = model.image_size
         self.fast = fast
 
     def _raster(self, low_res: torch.Tensor) -> torch.Tensor:
-        return _raster_order(low_res) if self.sub_pixel_order else low_res
+        return raster_order(low_res) if self.sub_pixel_order else low_res
 
     def _dense(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         has = has_mask_input.reshape(-1, 1, 1, 1)
@@ -450,8 +305,11 @@ def public_feeds(
         "image_embeddings": np.asarray(embedding, np.float32).reshape(1, 256, 64, 64),
         "point_coords": np.concatenate(coords)[None].astype(np.float32),
         "point_labels": np.concatenate(labs)[None].astype(np.float32),
-        "mask_input": (np.asarray(mask_input, np.float32).reshape(1, 1, 256, 256) if has_mask
-                       else np.zeros((1, 1, 256, 256), np.float32)),
+        "mask_input": (
+            np.asarray(mask_input, np.float32).reshape(1, 1, 256, 256)
+            if has_mask
+            else np.zeros((1, 1, 256, 256), np.float32)
+        ),
         "has_mask_input": np.array([1.0 if has_mask else 0.0], np.float32),
         "orig_im_size": np.array(original_size, np.float32),
     }

@@ -1,0 +1,161 @@
+"""A faster, value-preserving rewrite of SAM's mask decoder, for the predictor's ``fast`` path and the ONNX export.
+
+The rewrite changes no value beyond float rounding (``tests/modeling/test_fast_decoder.py`` compares it with the
+plain decoder on random weights):
+
+- the three token -> image and two image -> token cross-attentions move their projections to the small side (the
+  prompt tokens) by associativity, so the 4096 image tokens are never projected: about 40% fewer multiply-adds per
+  prompt (:class:`FewQueryAttention`, :class:`FewKeyAttention`);
+- the output upscaling's two ConvTranspose2d (kernel = stride = 2) run as plain matrix products with the pixels left
+  in sub-pixel-major order, and only the few mask planes are put back in raster order (:class:`SubPixelUpscaling`,
+  :func:`raster_order`): no col2im scatter of the 8 MiB feature map.
+
+:func:`fast_mask_decoder` returns a rewritten copy that shares the original's parameters; the model is untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from segany.modeling.common import LayerNorm2d
+from segany.modeling.transformer import TwoWayAttentionBlock, TwoWayTransformer
+
+
+class FewQueryAttention(nn.Module):
+    """:class:`Attention` for a few queries over many keys (tokens -> image), with the projections moved.
+
+    Per head h, scores ``(q Wq_h + bq_h)(k Wk_h + bk_h)^T = ((q Wq_h + bq_h) Wk_h^T) k^T + a per-row constant``
+    (softmax drops it), and ``softmax(S) (v Wv_h + bv_h) = (softmax(S) v) Wv_h + bv_h`` (rows of softmax sum to
+    1). So the 4096 image tokens are never projected: two (heads*Nq, C) x (C, Nk) products instead of two
+    (Nk, C) x (C, C/2) ones, less than half the multiply-adds. Shares the wrapped layers' parameters.
+    """
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.attn = attn
+        self.heads = attn.num_heads
+        self.head_dim = attn.internal_dim // attn.num_heads
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        a, heads, d = self.attn, self.heads, self.head_dim
+        b, n_q, c = q.shape
+        qh = a._heads(a.q_proj(q))  # (B, heads, Nq, d)
+        q_in_k = qh @ a.k_proj.weight.reshape(heads, d, c)  # (B, heads, Nq, C)
+        scores = q_in_k.reshape(b, heads * n_q, c) @ k.transpose(1, 2)  # (B, heads*Nq, Nk)
+        weights = (scores / math.sqrt(d)).softmax(dim=-1)
+        mixed = (weights @ v).reshape(b, heads, n_q, c)  # softmax-weighted image tokens, per head
+        out = mixed @ a.v_proj.weight.reshape(heads, d, c).transpose(1, 2) + a.v_proj.bias.reshape(heads, 1, d)
+        return a.out_proj(out.transpose(1, 2).reshape(b, n_q, heads * d))
+
+
+class FewKeyAttention(nn.Module):
+    """:class:`Attention` for many queries over a few keys (image -> tokens), with the projections moved.
+
+    Per head h, scores ``(q Wq_h + bq_h) k_h^T = q (Wq_h k_h^T) + bq_h k_h^T`` and the output
+    ``sum_h softmax(S_h) (v_h Wo_h) + bo``: the 4096 image tokens meet one (C, heads*Nk) and one (heads*Nk, C)
+    matrix instead of the (C, C/2) query and (C/2, C) output projections. Shares the wrapped layers' parameters.
+    """
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.attn = attn
+        self.heads = attn.num_heads
+        self.head_dim = attn.internal_dim // attn.num_heads
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        a, heads, d = self.attn, self.heads, self.head_dim
+        b, n_q, c = q.shape
+        n_k = k.shape[1]
+        kh = a._heads(a.k_proj(k))  # (B, heads, Nk, d)
+        vh = a._heads(a.v_proj(v))
+        wq = a.q_proj.weight.reshape(heads, d, c)
+        q_to_k = (wq.transpose(1, 2) @ kh.transpose(2, 3)).permute(0, 2, 1, 3).reshape(b, c, heads * n_k)
+        bias = (a.q_proj.bias.reshape(heads, 1, d) @ kh.transpose(2, 3)).reshape(b, 1, heads * n_k)
+        scores = (q @ q_to_k + bias).reshape(b, n_q, heads, n_k)  # (B, Nq, heads, Nk)
+        weights = (scores / math.sqrt(d)).softmax(dim=-1).reshape(b, n_q, heads * n_k)
+        wo = a.out_proj.weight.reshape(c, heads, d).permute(1, 2, 0)  # (heads, d, C)
+        values = (vh @ wo).reshape(b, heads * n_k, c)  # each key's value already through the output projection
+        return weights @ values + a.out_proj.bias
+
+
+class SubPixelUpscaling(nn.Module):
+    """SAM's ``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) as two plain MatMuls.
+
+    A ConvTranspose2d whose kernel equals its stride sends each input pixel to its own 2x2 block: one MatMul with
+    output rows (channel, dy, dx), no col2im scatter. Everything after it is per pixel, so the pixels stay in
+    *sub-pixel-major* order (dy2, dx2, dy1, dx1, y, x) instead of raster order: the output is (B, C/8, 4h, 4w)
+    with that order, :meth:`MaskDecoder.predict_masks` only takes per-pixel dot products of it, and
+    :func:`raster_order` reorders the few mask planes at the end. Shares the wrapped layers' parameters.
+    """
+
+    def __init__(self, upscaling: nn.Sequential) -> None:
+        super().__init__()
+        self.deconv1, self.norm, self.act1, self.deconv2, self.act2 = upscaling
+
+    @staticmethod
+    def supports(upscaling: nn.Module) -> bool:
+        if not isinstance(upscaling, nn.Sequential) or len(upscaling) != 5:
+            return False
+        d1, norm, a1, d2, a2 = upscaling
+        plain = all(
+            isinstance(d, nn.ConvTranspose2d)
+            and d.kernel_size == (2, 2)
+            and d.stride == (2, 2)
+            and d.padding == (0, 0)
+            and d.output_padding == (0, 0)
+            and d.dilation == (1, 1)
+            and d.groups == 1
+            for d in (d1, d2)
+        )
+        return plain and isinstance(norm, LayerNorm2d) and isinstance(a1, nn.GELU) and isinstance(a2, nn.GELU)
+
+    @staticmethod
+    def _deconv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+        """(B, C_in, N) -> (B, C_out, 4N): pixel order (dy, dx, previous order)."""
+        c_in, c_out = conv.in_channels, conv.out_channels
+        weight = conv.weight.permute(1, 2, 3, 0).reshape(4 * c_out, c_in)  # rows (o, dy, dx)
+        y = (weight @ x).reshape(x.shape[0], c_out, -1)
+        return y + conv.bias.reshape(1, c_out, 1) if conv.bias is not None else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = self._deconv(x.reshape(b, c, h * w), self.deconv1)
+        # LayerNorm2d is per pixel, so any pixel order will do; a 4-D (B, C, 2h, 2w) view keeps its ops on their
+        # fast paths (a trailing axis of 1 sends Pow to onnxruntime's slow broadcasting path)
+        y = self.act1(self.norm(y.reshape(b, -1, 2 * h, 2 * w))).flatten(2)
+        y = self.act2(self._deconv(y, self.deconv2))
+        return y.reshape(b, -1, 4 * h, 4 * w)
+
+
+def raster_order(masks: torch.Tensor) -> torch.Tensor:
+    """(B, M, 4h, 4w) in sub-pixel-major order (dy2, dx2, dy1, dx1, y, x) -> raster order."""
+    b, m, hh, ww = masks.shape
+    h, w = hh // 4, ww // 4
+    blocks = masks.reshape(b, m, 2, 2, 2, 2, h, w)
+    return blocks.permute(0, 1, 6, 4, 2, 7, 5, 3).reshape(b, m, hh, ww)
+
+
+def fast_mask_decoder(mask_decoder: nn.Module) -> nn.Module:
+    """A copy of ``mask_decoder`` with the cross-attentions and upscaling rewritten (see the module docstring).
+
+    The copy has ``sub_pixel_order = True`` when the upscaling was rewritten: its low-res logits are then in
+    sub-pixel-major order and must go through :func:`raster_order` (after picking the wanted mask planes).
+
+    Modules are copied, parameters shared (the deepcopy memo maps each tensor to itself): the model is untouched.
+    """
+    tensors = {id(t): t for t in [*mask_decoder.parameters(), *mask_decoder.buffers()]}
+    fast = copy.deepcopy(mask_decoder, tensors)
+    for module in fast.modules():
+        if isinstance(module, TwoWayAttentionBlock):
+            module.cross_attn_token_to_image = FewQueryAttention(module.cross_attn_token_to_image)
+            module.cross_attn_image_to_token = FewKeyAttention(module.cross_attn_image_to_token)
+        elif isinstance(module, TwoWayTransformer):
+            module.final_attn_token_to_image = FewQueryAttention(module.final_attn_token_to_image)
+    if SubPixelUpscaling.supports(fast.output_upscaling):
+        fast.output_upscaling = SubPixelUpscaling(fast.output_upscaling)
+        fast.sub_pixel_order = True
+    return fast

@@ -1,0 +1,85 @@
+"""The rewritten decoder (segany.modeling.fast_decoder) gives the plain decoder's values to float rounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import segany
+from segany.modeling.fast_decoder import FewKeyAttention, FewQueryAttention, fast_mask_decoder, raster_order
+from tests.conftest import random_image
+
+
+@pytest.fixture(scope="module")
+def model():
+    return segany.build_model("test-tiny", seed=21)
+
+
+def _prompts(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    coords = torch.rand(b, 3, 2, generator=g) * 1000
+    labels = torch.randint(0, 2, (b, 3), generator=g)
+    xy = torch.rand(b, 2, generator=g) * 600
+    boxes = torch.cat([xy, xy + 50 + torch.rand(b, 2, generator=g) * 300], 1)
+    return coords, labels, boxes
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("kind", ["points", "box", "box+points", "mask"])
+def test_fast_decoder_matches_plain(model, multimask, kind):
+    torch.manual_seed(0)
+    emb = torch.randn(1, 256, 64, 64)
+    coords, labels, boxes = _prompts(5, seed=len(kind))
+    points = (coords, labels) if "points" in kind or kind == "mask" else None
+    box = boxes if "box" in kind else None
+    mask = torch.randn(5, 1, 256, 256) * 3 if kind == "mask" else None
+    fast = fast_mask_decoder(model.mask_decoder)
+    assert fast.sub_pixel_order
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(points, box, mask)
+        pe = model.prompt_encoder.get_dense_pe()
+        ref_logits, ref_scores = model.mask_decoder(emb, pe, sparse, dense, multimask)
+        logits, scores = fast(emb, pe, sparse, dense, multimask)
+        logits = raster_order(logits)
+    assert logits.shape == ref_logits.shape
+    torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    flipped = (logits > 0) != (ref_logits > 0)
+    assert torch.all(ref_logits[flipped].abs() < 1e-4)
+
+
+def test_fast_copy_shares_weights_and_leaves_the_model_alone(model):
+    fast = fast_mask_decoder(model.mask_decoder)
+    ours = {id(p) for p in fast.parameters()}
+    assert ours == {id(p) for p in model.mask_decoder.parameters()}
+    rewritten = [m for m in fast.modules() if isinstance(m, (FewQueryAttention, FewKeyAttention))]
+    assert len(rewritten) == 2 * len(model.mask_decoder.transformer.layers) + 1
+    assert not any(isinstance(m, (FewQueryAttention, FewKeyAttention)) for m in model.mask_decoder.modules())
+
+
+def test_raster_order_inverts_the_sub_pixel_layout():
+    h = w = 3
+    raster = torch.arange(16 * h * w, dtype=torch.float32).reshape(1, 1, 4 * h, 4 * w)
+    # sub-pixel-major: (dy2, dx2, dy1, dx1, y, x) with row = 4y + 2 dy1 + dy2, col = 4x + 2 dx1 + dx2
+    sub = raster.reshape(1, 1, h, 2, 2, w, 2, 2).permute(0, 1, 4, 7, 3, 6, 2, 5).reshape(1, 1, 4 * h, 4 * w)
+    assert torch.equal(raster_order(sub), raster)
+
+
+def test_predictor_fast_decoder_gives_exact_masks_on_one_embedding(model):
+    """Same embedding, both precisions: the decoder rewrite alone moves logits by rounding only."""
+    image = random_image(300, 500, seed=4)
+    exact = segany.Predictor(model, precision="exact")
+    fast = segany.Predictor(model, precision="fast")
+    emb = exact.encode(image)
+    for kwargs in (
+        dict(points=[[120, 80]], labels=[1]),
+        dict(box=[50, 40, 300, 250]),
+        dict(box=[50, 40, 300, 250], points=[[120, 80], [200, 100]], labels=[1, 0]),
+    ):
+        for multimask in (True, False):
+            a = exact.predict(emb, multimask=multimask, return_logits=True, **kwargs)
+            b = fast.predict(emb, multimask=multimask, return_logits=True, **kwargs)
+            np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
+            np.testing.assert_allclose(b.low_res_logits, a.low_res_logits, atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(b.masks, a.masks, atol=2e-3)
