@@ -124,8 +124,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
         rel_h, rel_w = relative_position_terms(q, self.rel_pos_h, self.rel_pos_w, (h, w))
         if self.use_sdpa:
-            bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, self.num_heads, n, n)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+            out = _sdpa_with_rel_pos(q, k, v, rel_h.to(q.dtype), rel_w.to(q.dtype))
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
             attn = attn.view(b, self.num_heads, h, w, h, w) + rel_h[..., :, None] + rel_w[..., None, :]
@@ -133,6 +132,39 @@ class Attention(nn.Module):
             out = attn @ v
         out = out.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(out)
+
+
+#: Queries per SDPA call in :func:`_sdpa_with_rel_pos`: the additive mask of one call is heads x this x N values.
+SDPA_QUERY_CHUNK = 256
+
+
+def _sdpa_with_rel_pos(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor
+) -> torch.Tensor:
+    """Scaled-dot-product attention with the decomposed position terms as the additive mask, a few query rows at a time.
+
+    The full mask of a global-attention block is heads x N x N (12 x 4096 x 4096 for vit_b: 400 MB in bf16); building
+    it in one piece costs more than the attention itself (two passes over DRAM). Per chunk of query rows it stays in
+    cache. Queries are independent in attention, so the chunks give the one-piece result.
+
+    Args:
+        q, k, v: (B, heads, H*W, hd); rel_h (B, heads, H, W, H), rel_w (B, heads, H, W, W).
+    Returns:
+        (B, heads, H*W, hd).
+    """
+    b, heads, hh, ww, _ = rel_h.shape
+    n = hh * ww
+    rows = max(1, SDPA_QUERY_CHUNK // ww)
+    if rows >= hh:
+        mask = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, n, n)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=v.dtype, device=v.device)
+    for r0 in range(0, hh, rows):
+        r1 = min(hh, r0 + rows)
+        part = slice(r0 * ww, r1 * ww)
+        mask = (rel_h[:, :, r0:r1, :, :, None] + rel_w[:, :, r0:r1, :, None, :]).reshape(b, heads, (r1 - r0) * ww, n)
+        out[:, :, part] = F.scaled_dot_product_attention(q[:, :, part], k, v, attn_mask=mask)
+    return out
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
