@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             "segany plain": export_decoder(model, folder / "plain.onnx", fast=False).path,
             "batched": export_decoder(model, folder / "batched.onnx", batched=True).path,
             "batched low-res": export_decoder(model, folder / "batched_low.onnx", batched=True, upsample=False).path,
+            "batched int8": export_decoder(model, folder / "batched_q.onnx", batched=True, quantize=True).path,
         }
         rng = np.random.default_rng(0)
         embedding = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         public_box_feeds = [public_feeds(embedding, SIZE, box=b) for b in boxes]
         batched = _session(paths["batched"], args.threads)
         batched_low = _session(paths["batched low-res"], args.threads)
+        batched_q = _session(paths["batched int8"], args.threads)
         pub = sessions["public"]
         reps = max(3, repeats // 3)
         timed = _interleaved(
@@ -147,15 +149,20 @@ def main(argv: list[str] | None = None) -> int:
                 "public x16": lambda: [pub.run(None, f) for f in public_box_feeds],
                 "batched": lambda: batched.run(None, batch_feeds),
                 "batched low-res": lambda: batched_low.run(None, low_feeds),
+                "batched int8": lambda: batched_q.run(None, batch_feeds),
             },
             reps,
             warmup=1,
         )
         base = timed["public x16"]
+        fp32_masks = batched.run(None, batch_feeds)[2] > 0
+        int8_masks = batched_q.run(None, batch_feeds)[2] > 0
+        int8_iou = np.mean([_iou(a, b) for a, b in zip(fp32_masks[:, 0], int8_masks[:, 0])])
         for n, label in [
             ("public x16", "16 boxes: 16 runs of the public single-mask decoder"),
             ("batched", "16 boxes: segany batched decoder, one run, masks at 1500x2250"),
             ("batched low-res", "16 boxes: segany batched decoder, one run, 256x256 logits"),
+            ("batched int8", "16 boxes: segany batched decoder, dynamic int8, one run, masks at 1500x2250"),
         ]:
             t = timed[n]
             rows.append(
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                     label,
                     f"{t['median'] * 1e3:.0f} ms (min {t['min'] * 1e3:.0f})",
                     f"{base['median'] / t['median']:.2f}x (min {base['min'] / t['min']:.2f}x)",
-                    ">= 3x" if n == "batched" else "",
+                    ">= 3x" if n == "batched" else (f"mask IoU vs fp32 {int8_iou:.4f}" if "int8" in n else ""),
                 )
             )
 

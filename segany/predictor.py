@@ -67,6 +67,11 @@ class Predictor:
         self._mask_decoder = fast_mask_decoder(model.mask_decoder) if precision == "fast" else model.mask_decoder
         self._sub_pixel_order = bool(getattr(self._mask_decoder, "sub_pixel_order", False))
 
+    @property
+    def mask_decoder(self) -> torch.nn.Module:
+        """The mask decoder this predictor runs: the model's own (exact) or its rewritten copy (fast)."""
+        return self._mask_decoder
+
     # ------------------------------------------------------------------------------------------------ encoding
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
         """RGB image (any accepted layout) -> normalised padded (1, 3, S, S), original (H, W), input (h, w)."""

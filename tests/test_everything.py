@@ -149,3 +149,20 @@ def test_decode_in_chunks_is_bitwise_the_model(tiny_model, precision, batch, pro
     finally:
         configure(tiny_model, "exact")
     assert torch.equal(low, want_low) and torch.equal(iou, want_iou)
+
+
+@pytest.mark.parametrize("batch", [5, 11])
+def test_decode_in_chunks_with_the_fast_decoder_matches_to_rounding(tiny_model, batch):
+    from segany.everything import decode_in_chunks
+    from segany.modeling.fast_decoder import fast_mask_decoder
+
+    torch.manual_seed(1)
+    emb = torch.randn(1, 256, 64, 64)
+    coords = torch.rand(batch, 1, 2) * 1000
+    labels = torch.ones(batch, 1, dtype=torch.int64)
+    fast = fast_mask_decoder(tiny_model.mask_decoder)
+    with torch.inference_mode():
+        want_low, want_iou = tiny_model.decode(emb, coords, labels, None, None, True)
+        low, iou = decode_in_chunks(tiny_model, emb, coords, labels, chunk=4, decoder=fast)
+    torch.testing.assert_close(iou, want_iou, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(low, want_low, atol=1e-4, rtol=1e-4)

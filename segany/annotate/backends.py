@@ -81,8 +81,8 @@ class LocalBackend:
     def _best_masks(self, emb, prompts: Sequence, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
         """Prompts of one structure -> (n, H, W) bool masks (best candidate each) and (n,) scores.
 
-        Same numbers as ``Predictor.predict_prompts`` (same conversions, decoder bit-identical via
-        ``decode_in_chunks``), but only the chosen candidate is upscaled, in memory-bounded chunks.
+        Same numbers as ``Predictor.predict_prompts`` (same conversions and decoder, via ``decode_in_chunks``), but
+        only the chosen candidate is upscaled, in memory-bounded chunks.
         """
         predictor = self.predictor
         size, target, device = emb.original_size, predictor.image_size, predictor.device
@@ -97,7 +97,13 @@ class LocalBackend:
             boxes = torch.as_tensor(bx, dtype=torch.float32, device=device)
         image_embeddings = emb.image_embeddings.to(device, torch.float32)
         low_res, scores = decode_in_chunks(
-            predictor.model, image_embeddings, coords, labels, boxes=boxes, multimask=multimask
+            predictor.model,
+            image_embeddings,
+            coords,
+            labels,
+            boxes=boxes,
+            multimask=multimask,
+            decoder=predictor.mask_decoder,
         )
         best = scores.argmax(dim=1)
         rows = torch.arange(len(prompts), device=low_res.device)

@@ -28,6 +28,7 @@ from segany.embedding import ImageEmbedding
 from segany.errors import InvalidInputError
 from segany.images import as_rgb_uint8
 from segany.masks import encode_rle_batch, masks_to_boxes_xyxy
+from segany.modeling.fast_decoder import raster_order
 from segany.predictor import MASK_THRESHOLD, Predictor
 from segany.transforms import coords_to_input, upscale_logits
 
@@ -314,7 +315,9 @@ class AutomaticMaskGenerator:
         coords_t = shifted.to(device)[:, None, :]
         labels = torch.ones((len(points), 1), dtype=torch.int64, device=device)
         image_embeddings = emb.image_embeddings.to(device, torch.float32)
-        low_res, iou = decode_in_chunks(model, image_embeddings, coords_t, labels, chunk=self.decoder_chunk)
+        low_res, iou = decode_in_chunks(
+            model, image_embeddings, coords_t, labels, chunk=self.decoder_chunk, decoder=self.predictor.mask_decoder
+        )
         return low_res.cpu(), iou.cpu()
 
     # ------------------------------------------------------------------------------------------ whole image
@@ -378,6 +381,7 @@ def decode_in_chunks(
     chunk: int = DECODER_CHUNK,
     boxes: torch.Tensor | None = None,
     multimask: bool = True,
+    decoder: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``model.decode(image_embeddings, coords, labels, boxes, None, multimask)``, scheduled for the CPU.
 
@@ -390,17 +394,22 @@ def decode_in_chunks(
     whole. The result is bit-identical to ``model.decode`` (``tests/test_everything.py`` pins it, and the oracle
     parity test runs through it).
 
+    ``decoder`` replaces ``model.mask_decoder``, e.g. ``Predictor.mask_decoder`` (in ``fast`` precision the rewritten
+    decoder of :mod:`segany.modeling.fast_decoder`: same values to float rounding, not bit for bit).
+
     Args:
         coords: (B, N, 2) clicks in the input frame with labels (B, N), or None; boxes: (B, 4) input frame, or None.
     Returns:
         low-res logits (B, M, 256, 256) and IoU predictions (B, M): tokens 1..3 (multimask) or token 0.
     """
-    prompt_encoder, decoder = model.prompt_encoder, model.mask_decoder
+    prompt_encoder = model.prompt_encoder
+    decoder = model.mask_decoder if decoder is None else decoder
+    in_raster = not getattr(decoder, "sub_pixel_order", False)
     sparse, dense = prompt_encoder(None if coords is None else (coords, labels), boxes, None)
     batch = sparse.shape[0]
     if batch < 2 * chunk:
         low_res, iou = decoder(image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense, multimask)
-        return low_res, iou
+        return (low_res if in_raster else raster_order(low_res)), iou
     # Chunks of `chunk` prompts, the remainder joining the last one: no pass runs fewer than `chunk` prompts.
     starts = list(range(0, batch - batch % chunk, chunk))
     bounds = [(s, s + chunk) for s in starts[:-1]] + [(starts[-1], batch)]
@@ -434,7 +443,8 @@ def decode_in_chunks(
         masks.append((hyper_in[start : start + n] @ upscaled.reshape(n, c, h * w)).reshape(n, -1, h, w))
         image_parts[k] = None  # free as we go
     low_res = torch.cat(masks)
-    return (low_res[:, 1:], iou[:, 1:]) if multimask else (low_res[:, :1], iou[:, :1])
+    low_res, iou = (low_res[:, 1:], iou[:, 1:]) if multimask else (low_res[:, :1], iou[:, :1])
+    return (low_res if in_raster else raster_order(low_res)), iou
 
 
 def _unpack_full(masks: _Masks, i: int, image_size: tuple[int, int]) -> np.ndarray:
