@@ -282,6 +282,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--checkpoint-minutes", type=float, default=4.0)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--export", type=Path, default=None, help="also copy the final fp16 weights here")
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (e.g. the shipped fp16 segany-lite.pt) instead of random ones; a checkpoint "
+        "in --out still wins (resume)",
+    )
     return ap.parse_args(argv)
 
 
@@ -305,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     step, elapsed_before = 0, 0.0
     ckpt_path = out / "checkpoint.pt"
+    if args.init is not None and not ckpt_path.exists():
+        state = torch.load(args.init, map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        print(f"initialised from {args.init}", flush=True)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
