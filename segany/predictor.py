@@ -64,7 +64,8 @@ class Predictor:
         with torch.inference_mode():  # a constant of the weights: computed once, not per prompt
             self._dense_pe = model.prompt_encoder.get_dense_pe()
         # fast: same values to float rounding (~1e-6), about 40% fewer multiply-adds per prompt; shares the weights
-        self._mask_decoder = fast_mask_decoder(model.mask_decoder) if precision == "fast" else model.mask_decoder
+        fast = precision == "fast"
+        self._mask_decoder = fast_mask_decoder(model.mask_decoder, for_onnx=False) if fast else model.mask_decoder
         self._sub_pixel_order = bool(getattr(self._mask_decoder, "sub_pixel_order", False))
 
     @property

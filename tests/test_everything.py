@@ -151,8 +151,9 @@ def test_decode_in_chunks_is_bitwise_the_model(tiny_model, precision, batch, pro
     assert torch.equal(low, want_low) and torch.equal(iou, want_iou)
 
 
+@pytest.mark.parametrize("for_onnx", [True, False])
 @pytest.mark.parametrize("batch", [5, 11])
-def test_decode_in_chunks_with_the_fast_decoder_matches_to_rounding(tiny_model, batch):
+def test_decode_in_chunks_with_the_fast_decoder_matches_to_rounding(tiny_model, batch, for_onnx):
     from segany.everything import decode_in_chunks
     from segany.modeling.fast_decoder import fast_mask_decoder
 
@@ -160,7 +161,7 @@ def test_decode_in_chunks_with_the_fast_decoder_matches_to_rounding(tiny_model, 
     emb = torch.randn(1, 256, 64, 64)
     coords = torch.rand(batch, 1, 2) * 1000
     labels = torch.ones(batch, 1, dtype=torch.int64)
-    fast = fast_mask_decoder(tiny_model.mask_decoder)
+    fast = fast_mask_decoder(tiny_model.mask_decoder, for_onnx=for_onnx)
     with torch.inference_mode():
         want_low, want_iou = tiny_model.decode(emb, coords, labels, None, None, True)
         low, iou = decode_in_chunks(tiny_model, emb, coords, labels, chunk=4, decoder=fast)

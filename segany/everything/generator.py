@@ -28,7 +28,7 @@ from segany.embedding import ImageEmbedding
 from segany.errors import InvalidInputError
 from segany.images import as_rgb_uint8
 from segany.masks import encode_rle_batch, masks_to_boxes_xyxy
-from segany.modeling.fast_decoder import raster_order
+from segany.modeling.fast_decoder import FastMaskDecoder, raster_order
 from segany.predictor import MASK_THRESHOLD, Predictor
 from segany.transforms import coords_to_input, upscale_logits
 
@@ -410,6 +410,14 @@ def decode_in_chunks(
     if batch < 2 * chunk:
         low_res, iou = decoder(image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense, multimask)
         return (low_res if in_raster else raster_order(low_res)), iou
+    if isinstance(decoder, FastMaskDecoder):  # not bit-exact anyway: whole chunks through its own predict_masks
+        image_pe = prompt_encoder.get_dense_pe()
+        parts = [
+            decoder.predict_masks(image_embeddings, image_pe, sparse[i : i + chunk], dense[i : i + chunk])
+            for i in range(0, batch, chunk)
+        ]
+        low_res, iou = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return (low_res[:, 1:], iou[:, 1:]) if multimask else (low_res[:, :1], iou[:, :1])
     # Chunks of `chunk` prompts, the remainder joining the last one: no pass runs fewer than `chunk` prompts.
     starts = list(range(0, batch - batch % chunk, chunk))
     bounds = [(s, s + chunk) for s in starts[:-1]] + [(starts[-1], batch)]

@@ -19,9 +19,11 @@ import copy
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segany.modeling.common import LayerNorm2d
+from segany.modeling.mask_decoder import MaskDecoder
 from segany.modeling.transformer import TwoWayAttentionBlock, TwoWayTransformer
 
 
@@ -139,22 +141,111 @@ def raster_order(masks: torch.Tensor) -> torch.Tensor:
     return blocks.permute(0, 1, 6, 4, 2, 7, 5, 3).reshape(b, m, hh, ww)
 
 
-def fast_mask_decoder(mask_decoder: nn.Module) -> nn.Module:
+class FewKeyAttentionT(FewKeyAttention):
+    """:class:`FewKeyAttention` with the scores computed transposed, (B, heads*Nk, Nq), for eager torch.
+
+    A softmax over a last axis of 7 keys runs one short row at a time; over axis 2 of (B, heads, Nk, Nq) it runs
+    along the 4096 queries. The transposed operands go to the matrix products as strides, not copies. Same values.
+    """
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        a, heads, d = self.attn, self.heads, self.head_dim
+        b, n_q, c = q.shape
+        n_k = k.shape[1]
+        kh = a._heads(a.k_proj(k))  # (B, heads, Nk, d)
+        vh = a._heads(a.v_proj(v))
+        wq = a.q_proj.weight.reshape(heads, d, c)
+        k_to_q = (kh @ wq).reshape(b, heads * n_k, c)  # (B, heads*Nk, C)
+        bias = (kh @ a.q_proj.bias.reshape(heads, d, 1)).reshape(b, heads * n_k, 1)
+        scores = torch.baddbmm(bias, k_to_q, q.transpose(1, 2))  # (B, heads*Nk, Nq)
+        weights = (scores / math.sqrt(d)).reshape(b, heads, n_k, n_q).softmax(dim=2).reshape(b, heads * n_k, n_q)
+        wo = a.out_proj.weight.reshape(c, heads, d).permute(1, 2, 0)  # (heads, d, C)
+        values = (vh @ wo).reshape(b, heads * n_k, c)
+        return torch.baddbmm(a.out_proj.bias.expand(b, 1, c), weights.transpose(1, 2), values)
+
+
+class PixelMajorUpscaling(nn.Module):
+    """SAM's ``output_upscaling`` on (B, N, C) tokens with channels last, for eager torch.
+
+    Each ConvTranspose2d (kernel = stride = 2) is one ``F.linear`` with output columns (dy, dx, channel): the bias is
+    fused, no transposed copies of the feature maps are made, and LayerNorm2d becomes ``F.layer_norm`` over the last
+    axis. Pixels stay in the order (y, x, dy1, dx1, dy2, dx2); :class:`FastMaskDecoder` reorders the mask planes.
+    Input (B, h*w, C) in raster order -> (B, 16*h*w, C/8). Shares the wrapped layers' parameters.
+    """
+
+    def __init__(self, upscaling: nn.Sequential) -> None:
+        super().__init__()
+        self.deconv1, self.norm, self.act1, self.deconv2, self.act2 = upscaling
+
+    @staticmethod
+    def _linear(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+        weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * conv.out_channels, conv.in_channels)  # rows (dy, dx, o)
+        bias = conv.bias.repeat(4) if conv.bias is not None else None
+        b, n, _ = x.shape
+        return F.linear(x, weight, bias).reshape(b, 4 * n, conv.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._linear(x, self.deconv1)
+        y = self.act1(F.layer_norm(y, (y.shape[-1],), self.norm.weight, self.norm.bias, self.norm.eps))
+        return self.act2(self._linear(y, self.deconv2))
+
+
+class FastMaskDecoder(MaskDecoder):
+    """The mask decoder with image tokens kept (B, N, C) contiguous end to end, for eager torch (see
+    :func:`fast_mask_decoder`). The image embedding is broadcast over the prompts instead of repeated."""
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1).to(sparse_prompt_embeddings.dtype)
+        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+        _, c, h, w = image_embeddings.shape
+        image_tokens = image_embeddings.flatten(2).transpose(1, 2)  # (1 or B, N, C)
+        src = (image_tokens + dense_prompt_embeddings.flatten(2).transpose(1, 2)).contiguous()
+        pos_src = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1, N, C), broadcast over the prompts
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        upscaled = self.output_upscaling(src)  # (B, 16N, C/8), pixels (y, x, dy1, dx1, dy2, dx2)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        m = hyper_in.shape[1]
+        masks = (upscaled @ hyper_in.transpose(1, 2)).reshape(batch, h, w, 2, 2, 2, 2, m)
+        masks = masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(batch, m, 4 * h, 4 * w)  # rows 4y + 2dy1 + dy2
+        return masks, self.iou_prediction_head(iou_token_out)
+
+
+def fast_mask_decoder(mask_decoder: nn.Module, for_onnx: bool = True) -> nn.Module:
     """A copy of ``mask_decoder`` with the cross-attentions and upscaling rewritten (see the module docstring).
 
-    The copy has ``sub_pixel_order = True`` when the upscaling was rewritten: its low-res logits are then in
-    sub-pixel-major order and must go through :func:`raster_order` (after picking the wanted mask planes).
+    ``for_onnx=True`` (the export): the copy has ``sub_pixel_order = True`` when the upscaling was rewritten; its
+    low-res logits are then in sub-pixel-major order and must go through :func:`raster_order` (after picking the
+    wanted mask planes). ``for_onnx=False`` (eager torch, the predictor): a :class:`FastMaskDecoder` whose tokens stay
+    channels-last end to end and whose logits come out in raster order.
 
     Modules are copied, parameters shared (the deepcopy memo maps each tensor to itself): the model is untouched.
     """
     tensors = {id(t): t for t in [*mask_decoder.parameters(), *mask_decoder.buffers()]}
     fast = copy.deepcopy(mask_decoder, tensors)
+    few_key = FewKeyAttention if for_onnx else FewKeyAttentionT
     for module in fast.modules():
         if isinstance(module, TwoWayAttentionBlock):
             module.cross_attn_token_to_image = FewQueryAttention(module.cross_attn_token_to_image)
-            module.cross_attn_image_to_token = FewKeyAttention(module.cross_attn_image_to_token)
+            module.cross_attn_image_to_token = few_key(module.cross_attn_image_to_token)
         elif isinstance(module, TwoWayTransformer):
             module.final_attn_token_to_image = FewQueryAttention(module.final_attn_token_to_image)
+    if not for_onnx:
+        if type(fast) is MaskDecoder and SubPixelUpscaling.supports(fast.output_upscaling):
+            fast.__class__ = FastMaskDecoder
+            fast.output_upscaling = PixelMajorUpscaling(fast.output_upscaling)
+        return fast
     if SubPixelUpscaling.supports(fast.output_upscaling):
         fast.output_upscaling = SubPixelUpscaling(fast.output_upscaling)
         fast.sub_pixel_order = True

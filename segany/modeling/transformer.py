@@ -34,8 +34,9 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        # (B, C, H, W) maps; the fast decoder passes (B, N, C) tokens directly
+        keys = image_embedding.flatten(2).permute(0, 2, 1) if image_embedding.dim() == 4 else image_embedding
+        key_pe = image_pe.flatten(2).permute(0, 2, 1) if image_pe.dim() == 4 else image_pe
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)

@@ -8,6 +8,7 @@ import torch
 
 import segany
 from segany.modeling.fast_decoder import FewKeyAttention, FewQueryAttention, fast_mask_decoder, raster_order
+from segany.modeling.mask_decoder import MaskDecoder
 from tests.conftest import random_image
 
 
@@ -25,23 +26,25 @@ def _prompts(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return coords, labels, boxes
 
 
+@pytest.mark.parametrize("for_onnx", [True, False])
 @pytest.mark.parametrize("multimask", [True, False])
 @pytest.mark.parametrize("kind", ["points", "box", "box+points", "mask"])
-def test_fast_decoder_matches_plain(model, multimask, kind):
+def test_fast_decoder_matches_plain(model, multimask, kind, for_onnx):
     torch.manual_seed(0)
     emb = torch.randn(1, 256, 64, 64)
     coords, labels, boxes = _prompts(5, seed=len(kind))
     points = (coords, labels) if "points" in kind or kind == "mask" else None
     box = boxes if "box" in kind else None
     mask = torch.randn(5, 1, 256, 256) * 3 if kind == "mask" else None
-    fast = fast_mask_decoder(model.mask_decoder)
-    assert fast.sub_pixel_order
+    fast = fast_mask_decoder(model.mask_decoder, for_onnx=for_onnx)
+    assert getattr(fast, "sub_pixel_order", False) == for_onnx  # the torch variant returns raster order
     with torch.inference_mode():
         sparse, dense = model.prompt_encoder(points, box, mask)
         pe = model.prompt_encoder.get_dense_pe()
         ref_logits, ref_scores = model.mask_decoder(emb, pe, sparse, dense, multimask)
         logits, scores = fast(emb, pe, sparse, dense, multimask)
-        logits = raster_order(logits)
+        if for_onnx:
+            logits = raster_order(logits)
     assert logits.shape == ref_logits.shape
     torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
@@ -49,13 +52,16 @@ def test_fast_decoder_matches_plain(model, multimask, kind):
     assert torch.all(ref_logits[flipped].abs() < 1e-4)
 
 
-def test_fast_copy_shares_weights_and_leaves_the_model_alone(model):
-    fast = fast_mask_decoder(model.mask_decoder)
+@pytest.mark.parametrize("for_onnx", [True, False])
+def test_fast_copy_shares_weights_and_leaves_the_model_alone(model, for_onnx):
+    fast = fast_mask_decoder(model.mask_decoder, for_onnx=for_onnx)
     ours = {id(p) for p in fast.parameters()}
     assert ours == {id(p) for p in model.mask_decoder.parameters()}
     rewritten = [m for m in fast.modules() if isinstance(m, (FewQueryAttention, FewKeyAttention))]
     assert len(rewritten) == 2 * len(model.mask_decoder.transformer.layers) + 1
     assert not any(isinstance(m, (FewQueryAttention, FewKeyAttention)) for m in model.mask_decoder.modules())
+    assert type(model.mask_decoder) is MaskDecoder
+    assert isinstance(fast, MaskDecoder) and (type(fast) is MaskDecoder) == for_onnx
 
 
 def test_raster_order_inverts_the_sub_pixel_layout():
