@@ -93,6 +93,8 @@ class Predictor:
         """Encode several images in one encoder call (what the engine's micro-batches use)."""
         prepared = [self.preprocess(im) for im in images]
         batch = torch.cat([p[0] for p in prepared])
+        if self.precision == "fast":  # matches the channels-last weights (segany.optimize.configure): no reorders
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with encoder_autocast(self.precision, self.device):
             features = self.model.image_encoder(batch)
         features = features.float()

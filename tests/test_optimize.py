@@ -83,3 +83,17 @@ def test_fast_upscale_matches_torch_upscale(size):
     differ = (fast > 0) != (ref > 0)
     assert np.all(np.abs(ref[differ]) < 1e-3)
     assert differ.mean() < 1e-5
+
+
+def test_fast_stores_encoder_convolutions_channels_last_and_exact_restores_them():
+    model = segany.build_model("vit_t", seed=2)
+    image = random_image(200, 300, seed=3)
+    fresh = segany.Predictor(segany.build_model("vit_t", seed=2), precision="exact").encode(image)
+    convs = [m.weight for m in model.image_encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    configure(model, "fast")
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs if w.shape[-1] > 1)
+    configure(model, "exact")
+    assert all(w.is_contiguous() for w in convs)
+    # the round trip leaves the exact path bit for bit what it was
+    again = segany.Predictor(model, precision="exact").encode(image)
+    assert torch.equal(again.image_embeddings, fresh.image_embeddings)
