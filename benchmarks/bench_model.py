@@ -26,7 +26,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import median_seconds, ms, print_table  # noqa: E402
+from benchmarks.common import interleaved_medians, ms, print_table  # noqa: E402
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -54,15 +54,19 @@ def bench_encoder(name: str, repeats: int, rows: list, tmp: Path) -> None:
         from segment_anything import SamPredictor
 
         public = public_sam(name, seed=0)
-    model = segany.load_model(save_checkpoint(public, tmp / f"{name}.pth"))
+    path = save_checkpoint(public, tmp / f"{name}.pth")
     image = smooth_image(768, 1024)
     public_predictor = SamPredictor(public)
-    t_public = median_seconds(lambda: public_predictor.set_image(image), repeats)
-    exact = segany.Predictor(model, precision="exact")
-    t_exact = median_seconds(lambda: exact.encode(image), repeats)
+    # one model per precision: a model holds one precision at a time (segany.optimize.configure)
+    exact = segany.Predictor(segany.load_model(path), precision="exact")
+    fast = segany.Predictor(segany.load_model(path), precision="fast")
+    t = interleaved_medians(
+        {"public": lambda: public_predictor.set_image(image), "exact": lambda: exact.encode(image),
+         "fast": lambda: fast.encode(image)},
+        repeats,
+    )
+    t_public, t_exact, t_fast = t["public"], t["exact"], t["fast"]
     emb_exact = exact.encode(image)
-    fast = segany.Predictor(model, precision="fast")
-    t_fast = median_seconds(lambda: fast.encode(image), repeats)
     emb_fast = fast.encode(image)
     target = "fast >= 2.5x public; exact not slower" if name == "vit_b" else "fast >= 2x public"
     rows.append([f"{name} encoder (768x1024 image)", ms(t_public), ms(t_exact), ms(t_fast),
@@ -92,19 +96,18 @@ def bench_predict(repeats: int, rows: list, tmp: Path) -> None:
     from tests.oracle.sam_oracle import public_sam, save_checkpoint
 
     public = public_sam("tiny", seed=0)  # the decoder is the same in every variant; the encoder does not matter
-    model = segany.load_model(save_checkpoint(public, tmp / "tiny.pth"))
+    path = save_checkpoint(public, tmp / "tiny.pth")
     image = smooth_image(1500, 2250)
     point = dict(point_coords=np.array([[1000.0, 700.0]]), point_labels=np.array([1]))
     public_predictor = SamPredictor(public)
     public_predictor.set_image(image)
-    t_public = median_seconds(lambda: public_predictor.predict(multimask_output=True, **point), repeats, 3)
-    results = {}
+    calls = {"public": lambda: public_predictor.predict(multimask_output=True, **point)}
     for precision in ("exact", "fast"):
-        predictor = segany.Predictor(model, precision=precision)
+        predictor = segany.Predictor(segany.load_model(path), precision=precision)
         emb = predictor.encode(image)
-        results[precision] = median_seconds(
-            lambda p=predictor, e=emb: p.predict(e, points=[[1000, 700]], labels=[1], multimask=True), repeats, 3
-        )
+        calls[precision] = lambda p=predictor, e=emb: p.predict(e, points=[[1000, 700]], labels=[1], multimask=True)
+    results = interleaved_medians(calls, repeats, warmup=3)
+    t_public = results["public"]
     rows.append(["predict, 1 click, multimask, 1500x2250", ms(t_public), ms(results["exact"]), ms(results["fast"]),
                  f"{t_public / results['exact']:.2f}x / {t_public / results['fast']:.2f}x", "fast >= 2x public"])
 
