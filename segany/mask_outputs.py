@@ -100,7 +100,7 @@ def render_outputs(
         precision: the predictor's; upsampling follows the predictor's choice for it, so masks equal
             ``Predictor.predict``'s.
     """
-    upscale = _upscaler(precision)
+    upscale = upscaler_for(precision)
     scores_np = scores.float().cpu().numpy()
     low_np = low_res.float().cpu().numpy() if spec.low_res_logits else None
     results = []
@@ -120,7 +120,7 @@ def render_outputs(
     return results
 
 
-def _upscaler(precision: str):
+def upscaler_for(precision: str):
     """(1, C, 256, 256) torch logits -> (1, C, H, W) numpy logits, the way the predictor upsamples them."""
     from segany import transforms
 
