@@ -16,7 +16,7 @@ from segany.embedding import ImageEmbedding
 from segany.errors import InvalidPromptError, ModelMismatchError
 from segany.images import as_rgb_uint8
 from segany.modeling import Sam
-from segany.modeling.fast_decoder import fast_mask_decoder, raster_order
+from segany.modeling.fast_decoder import fast_mask_decoder
 from segany.optimize import configure, encoder_autocast
 from segany.prompts import Prompt, make_prompt
 from segany.transforms import boxes_to_input, coords_to_input, resize_image, upscale_logits, upscale_logits_fast
@@ -66,7 +66,6 @@ class Predictor:
         # fast: same values to float rounding (~1e-6), about 40% fewer multiply-adds per prompt; shares the weights
         fast = precision == "fast"
         self._mask_decoder = fast_mask_decoder(model.mask_decoder, for_onnx=False) if fast else model.mask_decoder
-        self._sub_pixel_order = bool(getattr(self._mask_decoder, "sub_pixel_order", False))
 
     @property
     def mask_decoder(self) -> torch.nn.Module:
@@ -215,7 +214,7 @@ class Predictor:
         emb = embedding.image_embeddings.to(dev, torch.float32)
         sparse, dense = self.model.prompt_encoder(None if coords is None else (coords, labels), boxes, masks)
         low_res, scores = self._mask_decoder(emb, self._dense_pe, sparse, dense, multimask)
-        return (raster_order(low_res) if self._sub_pixel_order else low_res), scores
+        return low_res, scores  # the torch variant of the fast decoder returns raster order
 
 
 def _group_by_shape(prompts: Sequence[Prompt]) -> list[list[int]]:

@@ -422,9 +422,7 @@ def decode_in_chunks(
     starts = list(range(0, batch - batch % chunk, chunk))
     bounds = [(s, s + chunk) for s in starts[:-1]] + [(starts[-1], batch)]
     image_pe = prompt_encoder.get_dense_pe()
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1).to(sparse.dtype)
-    tokens = torch.cat((output_tokens, sparse), dim=1)
+    tokens = decoder.prompt_tokens(sparse)
     _, channels, height, width = image_embeddings.shape
     token_parts, image_parts = [], []
     for start, stop in bounds:
@@ -438,9 +436,7 @@ def decode_in_chunks(
         image_parts.append(src)
     hs = torch.cat(token_parts)
     mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
-    hyper_in = torch.stack(
-        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
-    )
+    hyper_in = decoder.hypernetwork_weights(mask_tokens_out)
     iou = decoder.iou_prediction_head(hs[:, 0, :])
     masks = []
     for k, (start, _) in enumerate(bounds):

@@ -27,7 +27,17 @@ from segany.modeling.mask_decoder import MaskDecoder
 from segany.modeling.transformer import TwoWayAttentionBlock, TwoWayTransformer
 
 
-class FewQueryAttention(nn.Module):
+class _MovedProjections(nn.Module):
+    """Base of the rewritten cross-attentions: wraps an :class:`Attention` and shares its parameters."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.attn = attn
+        self.heads = attn.num_heads
+        self.head_dim = attn.internal_dim // attn.num_heads
+
+
+class FewQueryAttention(_MovedProjections):
     """:class:`Attention` for a few queries over many keys (tokens -> image), with the projections moved.
 
     Per head h, scores ``(q Wq_h + bq_h)(k Wk_h + bk_h)^T = ((q Wq_h + bq_h) Wk_h^T) k^T + a per-row constant``
@@ -35,12 +45,6 @@ class FewQueryAttention(nn.Module):
     1). So the 4096 image tokens are never projected: two (heads*Nq, C) x (C, Nk) products instead of two
     (Nk, C) x (C, C/2) ones, less than half the multiply-adds. Shares the wrapped layers' parameters.
     """
-
-    def __init__(self, attn: nn.Module) -> None:
-        super().__init__()
-        self.attn = attn
-        self.heads = attn.num_heads
-        self.head_dim = attn.internal_dim // attn.num_heads
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         a, heads, d = self.attn, self.heads, self.head_dim
@@ -54,19 +58,13 @@ class FewQueryAttention(nn.Module):
         return a.out_proj(out.transpose(1, 2).reshape(b, n_q, heads * d))
 
 
-class FewKeyAttention(nn.Module):
+class FewKeyAttention(_MovedProjections):
     """:class:`Attention` for many queries over a few keys (image -> tokens), with the projections moved.
 
     Per head h, scores ``(q Wq_h + bq_h) k_h^T = q (Wq_h k_h^T) + bq_h k_h^T`` and the output
     ``sum_h softmax(S_h) (v_h Wo_h) + bo``: the 4096 image tokens meet one (C, heads*Nk) and one (heads*Nk, C)
     matrix instead of the (C, C/2) query and (C/2, C) output projections. Shares the wrapped layers' parameters.
     """
-
-    def __init__(self, attn: nn.Module) -> None:
-        super().__init__()
-        self.attn = attn
-        self.heads = attn.num_heads
-        self.head_dim = attn.internal_dim // attn.num_heads
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         a, heads, d = self.attn, self.heads, self.head_dim
@@ -202,9 +200,7 @@ class FastMaskDecoder(MaskDecoder):
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = sparse_prompt_embeddings.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1).to(sparse_prompt_embeddings.dtype)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+        tokens = self.prompt_tokens(sparse_prompt_embeddings)
         _, c, h, w = image_embeddings.shape
         image_tokens = image_embeddings.flatten(2).transpose(1, 2)  # (1 or B, N, C)
         src = (image_tokens + dense_prompt_embeddings.flatten(2).transpose(1, 2)).contiguous()
@@ -213,9 +209,7 @@ class FastMaskDecoder(MaskDecoder):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         upscaled = self.output_upscaling(src)  # (B, 16N, C/8), pixels (y, x, dy1, dx1, dy2, dx2)
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
+        hyper_in = self.hypernetwork_weights(mask_tokens_out)
         m = hyper_in.shape[1]
         masks = (upscaled @ hyper_in.transpose(1, 2)).reshape(batch, h, w, 2, 2, 2, 2, m)
         masks = masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(batch, m, 4 * h, 4 * w)  # rows 4y + 2dy1 + dy2

@@ -64,6 +64,19 @@ class MaskDecoder(nn.Module):
             return masks[:, 1:], iou_pred[:, 1:]
         return masks[:, :1], iou_pred[:, :1]
 
+    def prompt_tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """IoU token, mask tokens and the prompt's sparse embeddings: (B, K, C) -> (B, 1 + num_mask_tokens + K, C)."""
+        batch = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1).to(sparse_prompt_embeddings.dtype)
+        return torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+
+    def hypernetwork_weights(self, mask_tokens_out: torch.Tensor) -> torch.Tensor:
+        """Per-mask weights over the upscaled channels: (B, num_mask_tokens, C) -> (B, num_mask_tokens, C/8)."""
+        return torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+
     def predict_masks(
         self,
         image_embeddings: torch.Tensor,
@@ -72,10 +85,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks: (B, 4, 4h, 4w) logits and (B, 4) IoU predictions."""
-        batch = sparse_prompt_embeddings.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1).to(sparse_prompt_embeddings.dtype)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+        tokens = self.prompt_tokens(sparse_prompt_embeddings)
 
         if image_embeddings.shape[0] == 1:
             src = torch.repeat_interleave(image_embeddings, tokens.shape[0], dim=0)
@@ -90,9 +100,7 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
+        hyper_in = self.hypernetwork_weights(mask_tokens_out)
         b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
