@@ -7,6 +7,11 @@ measured, is the released architecture) is saved as a checkpoint and loaded by s
 exported as its own ``scripts/export_onnx_model.py`` does (``SamOnnxModel``, opset 17, 1500x2250 example).
 Rows:
 
+Rows 1 and 2 are measured twice: on random weights with a random embedding, and on the shipped model's decoder
+weights (loaded into the public model too) with the embedding of a real image (the demo's sample). Trained weights
+give sharp attention, whose softmax leaves many weights in float32's subnormal range; those are slow on x86 and the
+public graph pays for them (segany's graph flushes them, see ``segany.modeling.fast_decoder.flush_tiny``).
+
 1. single-mask decoder, 1 click, original 1500x2250 (upsampling in the graph included): the public export vs
    segany's export (``fast=True``, the default) and segany's plain graph (``fast=False``), onnxruntime CPU with
    ``--threads`` intra-op threads; runs interleaved (A, B, C, A, B, C, ...) after warm-up, so a load change on the
@@ -71,6 +76,100 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
+def _exports(public, model, folder: Path) -> dict[str, Path]:
+    """The public single-mask export of ``public`` and segany's exports of ``model`` (same decoder weights)."""
+    from segany.onnx import export_decoder
+    from tests.oracle.test_onnx_interop import export_public
+
+    folder.mkdir()
+    return {
+        "public": export_public(public, folder / "public.onnx", single=True),
+        "segany": export_decoder(model, folder / "segany.onnx").path,
+        "segany plain": export_decoder(model, folder / "plain.onnx", fast=False).path,
+        "batched": export_decoder(model, folder / "batched.onnx", batched=True).path,
+        "batched low-res": export_decoder(model, folder / "batched_low.onnx", batched=True, upsample=False).path,
+        "batched int8": export_decoder(model, folder / "batched_q.onnx", batched=True, quantize=True).path,
+    }
+
+
+def _speed_rows(tag: str, paths: dict[str, Path], embedding: np.ndarray, threads: int, repeats: int) -> list:
+    """Rows 1 and 2 of the table for one set of weights: ``paths`` holds the public and segany exports of them."""
+    from segany.onnx import public_feeds
+    from segany.transforms import boxes_to_input
+
+    rows: list[tuple[str, str, str, str]] = []
+    h, w = SIZE
+
+    # 1. single-mask decoder, one click
+    feeds = public_feeds(embedding, SIZE, points=[[w * 0.31, h * 0.42]], labels=[1])
+    names = ["public", "segany", "segany plain"]
+    sessions = {n: _session(paths[n], threads) for n in names}
+    timed = _interleaved({n: (lambda s=sessions[n]: s.run(None, feeds)) for n in names}, repeats)
+    ones = {n: _session(paths[n], 1) for n in names}
+    cpu1 = _interleaved({n: (lambda s=ones[n]: s.run(None, feeds)) for n in names}, repeats)
+    base = timed["public"]
+    for n in names:
+        t = timed[n]
+        rows.append(
+            (
+                f"{tag}: single-mask decoder, 1 click, {h}x{w}: {n}",
+                f"{t['median'] * 1e3:.1f} ms (min {t['min'] * 1e3:.1f}; 1-thread CPU {cpu1[n]['cpu'] * 1e3:.1f} ms)",
+                f"{base['median'] / t['median']:.2f}x (min {base['min'] / t['min']:.2f}x; "
+                f"CPU {cpu1['public']['cpu'] / cpu1[n]['cpu']:.2f}x)",
+                ">= 1.3x" if n == "segany" else "",
+            )
+        )
+
+    # 2. 16 boxes in one batched run vs 16 public runs
+    boxes = np.stack([np.array([0.05, 0.05, 0.4, 0.5]) + 0.03 * i for i in range(16)]) * np.array([w, h, w, h])
+    n_boxes = len(boxes)
+    batch_feeds = {
+        "image_embeddings": embedding,
+        "point_coords": boxes_to_input(boxes, SIZE).reshape(n_boxes, 2, 2).astype(np.float32),
+        "point_labels": np.tile(np.array([[2, 3]], np.float32), (n_boxes, 1)),
+        "mask_input": np.zeros((n_boxes, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(n_boxes, np.float32),
+        "orig_im_size": np.array(SIZE, np.float32),
+    }
+    low_feeds = {k: v for k, v in batch_feeds.items() if k != "orig_im_size"}
+    public_box_feeds = [public_feeds(embedding, SIZE, box=b) for b in boxes]
+    batched = _session(paths["batched"], threads)
+    batched_low = _session(paths["batched low-res"], threads)
+    batched_q = _session(paths["batched int8"], threads)
+    pub = sessions["public"]
+    reps = max(3, repeats // 3)
+    timed = _interleaved(
+        {
+            "public x16": lambda: [pub.run(None, f) for f in public_box_feeds],
+            "batched": lambda: batched.run(None, batch_feeds),
+            "batched low-res": lambda: batched_low.run(None, low_feeds),
+            "batched int8": lambda: batched_q.run(None, batch_feeds),
+        },
+        reps,
+        warmup=1,
+    )
+    base = timed["public x16"]
+    fp32_masks = batched.run(None, batch_feeds)[2] > 0
+    int8_masks = batched_q.run(None, batch_feeds)[2] > 0
+    int8_iou = np.mean([_iou(a, b) for a, b in zip(fp32_masks[:, 0], int8_masks[:, 0])])
+    for n, label in [
+        ("public x16", f"{tag}: 16 boxes, 16 runs of the public single-mask decoder"),
+        ("batched", f"{tag}: 16 boxes, segany batched decoder, one run, masks at {h}x{w}"),
+        ("batched low-res", f"{tag}: 16 boxes, segany batched decoder, one run, 256x256 logits"),
+        ("batched int8", f"{tag}: 16 boxes, segany batched decoder, dynamic int8, one run, masks at {h}x{w}"),
+    ]:
+        t = timed[n]
+        rows.append(
+            (
+                label,
+                f"{t['median'] * 1e3:.0f} ms (min {t['min'] * 1e3:.0f})",
+                f"{base['median'] / t['median']:.2f}x (min {base['min'] / t['min']:.2f}x)",
+                ">= 3x" if n == "batched" else (f"mask IoU vs fp32 {int8_iou:.4f}" if "int8" in n else ""),
+            )
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -84,95 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     import segany
     from segany.onnx import export_decoder, public_feeds, verify_decoder
-    from segany.transforms import boxes_to_input
     from tests.oracle.sam_oracle import public_sam, save_checkpoint
-    from tests.oracle.test_onnx_interop import export_public
 
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="segany-bench-onnx-") as tmp:
         folder = Path(tmp)
         public = public_sam("tiny", seed=6)
         model = segany.load_model(save_checkpoint(public, folder / "tiny.pth"))
-        paths = {
-            "public": export_public(public, folder / "public.onnx", single=True),
-            "segany": export_decoder(model, folder / "segany.onnx").path,
-            "segany plain": export_decoder(model, folder / "plain.onnx", fast=False).path,
-            "batched": export_decoder(model, folder / "batched.onnx", batched=True).path,
-            "batched low-res": export_decoder(model, folder / "batched_low.onnx", batched=True, upsample=False).path,
-            "batched int8": export_decoder(model, folder / "batched_q.onnx", batched=True, quantize=True).path,
-        }
+        paths = _exports(public, model, folder / "random")
         rng = np.random.default_rng(0)
-        embedding = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
-        h, w = SIZE
-
-        # 1. single-mask decoder, one click
-        feeds = public_feeds(embedding, SIZE, points=[[w * 0.31, h * 0.42]], labels=[1])
-        names = ["public", "segany", "segany plain"]
-        sessions = {n: _session(paths[n], args.threads) for n in names}
-        timed = _interleaved({n: (lambda s=sessions[n]: s.run(None, feeds)) for n in names}, repeats)
-        ones = {n: _session(paths[n], 1) for n in names}
-        cpu1 = _interleaved({n: (lambda s=ones[n]: s.run(None, feeds)) for n in names}, repeats)
-        base = timed["public"]
-        for n in names:
-            t = timed[n]
-            rows.append(
-                (
-                    f"single-mask decoder, 1 click, {h}x{w}: {n}",
-                    f"{t['median'] * 1e3:.1f} ms (min {t['min'] * 1e3:.1f}; "
-                    f"1-thread CPU {cpu1[n]['cpu'] * 1e3:.1f} ms)",
-                    f"{base['median'] / t['median']:.2f}x (min {base['min'] / t['min']:.2f}x; "
-                    f"CPU {cpu1['public']['cpu'] / cpu1[n]['cpu']:.2f}x)",
-                    ">= 1.3x" if n == "segany" else "",
-                )
-            )
-
-        # 2. 16 boxes in one batched run vs 16 public runs
-        boxes = np.stack([np.array([0.05, 0.05, 0.4, 0.5]) + 0.03 * i for i in range(16)]) * np.array([w, h, w, h])
-        n_boxes = len(boxes)
-        batch_feeds = {
-            "image_embeddings": embedding,
-            "point_coords": boxes_to_input(boxes, SIZE).reshape(n_boxes, 2, 2).astype(np.float32),
-            "point_labels": np.tile(np.array([[2, 3]], np.float32), (n_boxes, 1)),
-            "mask_input": np.zeros((n_boxes, 1, 256, 256), np.float32),
-            "has_mask_input": np.zeros(n_boxes, np.float32),
-            "orig_im_size": np.array(SIZE, np.float32),
-        }
-        low_feeds = {k: v for k, v in batch_feeds.items() if k != "orig_im_size"}
-        public_box_feeds = [public_feeds(embedding, SIZE, box=b) for b in boxes]
-        batched = _session(paths["batched"], args.threads)
-        batched_low = _session(paths["batched low-res"], args.threads)
-        batched_q = _session(paths["batched int8"], args.threads)
-        pub = sessions["public"]
-        reps = max(3, repeats // 3)
-        timed = _interleaved(
-            {
-                "public x16": lambda: [pub.run(None, f) for f in public_box_feeds],
-                "batched": lambda: batched.run(None, batch_feeds),
-                "batched low-res": lambda: batched_low.run(None, low_feeds),
-                "batched int8": lambda: batched_q.run(None, batch_feeds),
-            },
-            reps,
-            warmup=1,
-        )
-        base = timed["public x16"]
-        fp32_masks = batched.run(None, batch_feeds)[2] > 0
-        int8_masks = batched_q.run(None, batch_feeds)[2] > 0
-        int8_iou = np.mean([_iou(a, b) for a, b in zip(fp32_masks[:, 0], int8_masks[:, 0])])
-        for n, label in [
-            ("public x16", "16 boxes: 16 runs of the public single-mask decoder"),
-            ("batched", "16 boxes: segany batched decoder, one run, masks at 1500x2250"),
-            ("batched low-res", "16 boxes: segany batched decoder, one run, 256x256 logits"),
-            ("batched int8", "16 boxes: segany batched decoder, dynamic int8, one run, masks at 1500x2250"),
-        ]:
-            t = timed[n]
-            rows.append(
-                (
-                    label,
-                    f"{t['median'] * 1e3:.0f} ms (min {t['min'] * 1e3:.0f})",
-                    f"{base['median'] / t['median']:.2f}x (min {base['min'] / t['min']:.2f}x)",
-                    ">= 3x" if n == "batched" else (f"mask IoU vs fp32 {int8_iou:.4f}" if "int8" in n else ""),
-                )
-            )
+        random_embedding = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
+        rows += _speed_rows("random weights", paths, random_embedding, args.threads, repeats)
 
         # 3. int8 vs fp32 on the shipped model (or random test-tiny when its weights are not in the package)
         try:
@@ -202,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
             dict(box=[iw * 0.15, ih * 0.2, iw * 0.5, ih * 0.75]),
             dict(box=[iw * 0.55, ih * 0.25, iw * 0.9, ih * 0.85]),
         ]
+        if which == "shipped segany-lite":  # rows 1-2 again on trained weights and a real image's embedding
+            public.prompt_encoder.load_state_dict(shipped.prompt_encoder.state_dict())
+            public.mask_decoder.load_state_dict(shipped.mask_decoder.state_dict())
+            shipped_paths = _exports(public, shipped, folder / "shipped")
+            embedding = emb.image_embeddings.numpy()
+            rows[len(rows) : len(rows)] = _speed_rows(
+                "shipped weights", shipped_paths, embedding, args.threads, repeats
+            )
         ious = []
         for kw in prompts:
             f = public_feeds(emb.image_embeddings.numpy(), (ih, iw), **kw)

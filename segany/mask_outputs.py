@@ -132,7 +132,7 @@ def upscaler_for(precision: str):
 
 def _fill_full_size(candidates: list[CandidateOutput], masks: np.ndarray, spec: OutputSpec) -> None:
     """Encode (C, H, W) bool masks into the candidates, in the formats of ``spec``."""
-    areas = masks.reshape(len(masks), -1).sum(axis=1)
+    areas = np.count_nonzero(masks.reshape(len(masks), -1), axis=1)
     rles = encode_rle_batch(masks) if spec.rle else None
     boxes = masks_to_boxes_xyxy(masks) if spec.bbox else None
     for i, cand in enumerate(candidates):

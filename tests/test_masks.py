@@ -120,6 +120,12 @@ def test_rle_batch_matches_single_and_non_bool_input():
         {"size": [2, 2], "counts": "1~"},
         {"size": [2, 2], "counts": [1, 2]},
         {"size": [2, 2], "counts": [-1, 5]},
+        {"size": [2, 2], "counts": "1P"},  # truncated: the last character says more groups follow
+        {"size": [2, 2], "counts": "111N"},  # the fourth run's difference (-2) makes it negative
+        {"size": [2, 2], "counts": "ooooooooo0"},  # a 50-bit run: far beyond H*W
+        {"size": [2, 2], "counts": "oooooooooo0"},  # longer than any run can be
+        {"size": [2, 2], "counts": [2**63 - 1, 2**63 - 1, 6]},  # sums to 4 modulo 2**64
+        {"size": [2, 2], "counts": [2**64]},
         {"size": [2], "counts": "13"},
         {"size": [-2, -2], "counts": "13"},
         {"size": [2, 2], "counts": 13},

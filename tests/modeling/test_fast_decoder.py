@@ -89,3 +89,42 @@ def test_predictor_fast_decoder_gives_exact_masks_on_one_embedding(model):
             np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
             np.testing.assert_allclose(b.low_res_logits, a.low_res_logits, atol=1e-4, rtol=1e-4)
             np.testing.assert_allclose(b.masks, a.masks, atol=2e-3)
+
+
+def test_flush_tiny_zeroes_subnormal_weights_only():
+    from segany.modeling.fast_decoder import TINY_WEIGHT, flush_tiny
+
+    w = torch.tensor([1e-40, 1e-35, TINY_WEIGHT, 2 * TINY_WEIGHT, 1e-20, 0.25, 1.0])
+    out = flush_tiny(w.clone())
+    assert out.tolist()[:3] == [0.0, 0.0, 0.0]
+    assert out[3:].tolist() == w[3:].tolist()
+
+
+@pytest.mark.parametrize("for_onnx", [True, False])
+def test_fast_decoder_matches_plain_with_sharp_attention(model, for_onnx, monkeypatch):
+    # A large embedding makes the attention scores large, so the softmaxes leave weights in float32's subnormal
+    # range; flushing them (flush_tiny) must not move any value beyond rounding.
+    from segany.modeling import fast_decoder
+
+    flushed = []
+    flush = fast_decoder.flush_tiny
+
+    def counting_flush(weights):
+        flushed.append(int(((weights > 0) & (weights < fast_decoder.TINY_WEIGHT)).sum()))
+        return flush(weights)
+
+    torch.manual_seed(1)
+    emb = torch.randn(1, 256, 64, 64) * 30
+    coords, labels, boxes = _prompts(3, seed=9)
+    fast = fast_mask_decoder(model.mask_decoder, for_onnx=for_onnx)
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder((coords, labels), boxes, None)
+        pe = model.prompt_encoder.get_dense_pe()
+        ref_logits, ref_scores = model.mask_decoder(emb, pe, sparse, dense, True)
+        monkeypatch.setattr(fast_decoder, "flush_tiny", counting_flush)
+        logits, scores = fast(emb, pe, sparse, dense, True)
+        if for_onnx:
+            logits = raster_order(logits)
+    assert sum(flushed) > 1000  # the case is really exercised
+    torch.testing.assert_close(scores, ref_scores, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-3, rtol=1e-4)
