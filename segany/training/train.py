@@ -190,6 +190,7 @@ def train_step(
     """Forward all prompt rounds of one batch; returns (loss, metrics). Gradients are not computed here."""
     images = batch["image"].contiguous(memory_format=torch.channels_last)
     gt = batch["gt"]  # (B, P, h, w)
+    device = images.device
     b, p = gt.shape[:2]
     n_pt = batch["points"].shape[1]
     emb = model.image_encoder(images)  # (B, 256, g, g)
@@ -201,7 +202,7 @@ def train_step(
             "emb": emb.repeat_interleave(n_pt, 0),
             "gt": gt[:, :n_pt].reshape(-1, 1, *gt.shape[-2:]),
             "coords": batch["points"].reshape(-1, 1, 2),
-            "labels": torch.ones((b * n_pt, 1), dtype=torch.long),
+            "labels": torch.ones((b * n_pt, 1), dtype=torch.long, device=device),
             "box": None,
         },
         "box": {
@@ -220,7 +221,7 @@ def train_step(
         for r in range(rounds):
             multimask = name == "point" and r == 0
             points = (coords, labels) if coords is not None else None
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=decoder_bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=decoder_bf16):
                 sparse, dense = pe(points, g["box"], mask_input)
                 logits, iou_pred = model.mask_decoder(g["emb"], dense_pe, sparse, dense, multimask)
             loss, sel_iou, _ = sam_loss(logits, iou_pred, g["gt"], *loss_weights)
@@ -232,8 +233,8 @@ def train_step(
             pick = iou_pred.float().argmax(dim=1)
             prev = logits.float()[torch.arange(len(pick)), pick].detach()  # (N, h, w)
             xy, lab = _next_clicks(rng, prev, g["gt"][:, 0])
-            new_c = torch.from_numpy(xy)[:, None]
-            new_l = torch.from_numpy(lab)[:, None]
+            new_c = torch.from_numpy(xy)[:, None].to(device)
+            new_l = torch.from_numpy(lab)[:, None].to(device)
             coords = new_c if coords is None else torch.cat([coords, new_c], 1)
             labels = new_l if labels is None else torch.cat([labels, new_l], 1)
             mask_input = prev[:, None]
@@ -245,7 +246,7 @@ def train_step(
 def export_weights(model: Sam, path: Path) -> None:
     """Write the fp16 state_dict with the released checkpoints' prefixes (BatchNorm counters stay integer)."""
     state = {
-        k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()
+        k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -278,6 +279,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers drawing scenes")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device to train on, e.g. cuda (then raise --batch and --workers: scenes are drawn on the CPU)",
+    )
     ap.add_argument("--no-bf16", action="store_true", help="run the decoder in fp32 instead of bf16 autocast")
     ap.add_argument("--checkpoint-minutes", type=float, default=4.0)
     ap.add_argument("--log-every", type=int, default=10)
@@ -301,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     budget_s = args.minutes * 60.0 if args.minutes > 0 else float("inf")
 
+    device = torch.device(args.device)
     model = build_lite_sam()
-    model.image_encoder.to(memory_format=torch.channels_last)
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith("pos_embed")]
     decay = [p for n, p in model.named_parameters() if not (p.ndim <= 1 or n.endswith("pos_embed"))]
     opt = torch.optim.AdamW(
@@ -319,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+    model.to(device)
+    model.image_encoder.to(memory_format=torch.channels_last)
+    if ckpt_path.exists():
+        opt.load_state_dict(ckpt["optimizer"])  # after the move: the state follows the parameters' device
         step, elapsed_before = int(ckpt["step"]), float(ckpt["elapsed"])
         print(f"resumed from {ckpt_path} at step {step} ({elapsed_before / 60:.1f} min)", flush=True)
     (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
@@ -352,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             phase_size = phase
             print(f"step {step}: {phase} phase, input sides {sizes}", flush=True)
         assert loader_iter is not None
-        batch = next(loader_iter)
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(loader_iter).items()}
         set_model_resolution(model, int(batch["image"].shape[-1]))
         lr = args.lr * _lr_factor(progress, step, args.warmup, 0.02)
         for g in opt.param_groups:
@@ -398,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _save_checkpoint(path: Path, model: Sam, opt: torch.optim.Optimizer, step: int, elapsed: float) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed}, tmp)
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": state, "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed}, tmp)
     os.replace(tmp, path)
 
 
