@@ -136,7 +136,7 @@ def decode_rle(rle: Mapping) -> np.ndarray:
     else:
         kind = type(counts).__name__
         raise InvalidInputError(f"RLE 'counts' must be a str, bytes or a list of ints, got {kind}")
-    # pycocotools trusts the runs: too few leave pixels uninitialised, so check them before decoding.
+    # Untrusted input: the runs must tile the image exactly before anything is laid out.
     if runs.size and (runs.min() < 0 or runs.max() > height * width) or int(runs.sum()) != height * width:
         raise InvalidInputError(
             f"RLE counts must be non-negative run lengths summing to H*W = {height * width}, "
@@ -144,11 +144,10 @@ def decode_rle(rle: Mapping) -> np.ndarray:
         )
     if height == 0 or width == 0:
         return np.zeros((height, width), dtype=bool)
-    if isinstance(counts, bytes):
-        compressed = {"size": [height, width], "counts": counts}
-    else:
-        compressed = coco_mask.frPyObjects({"size": [height, width], "counts": runs.tolist()}, height, width)
-    columns = coco_mask.decode(compressed).T  # (W, H) C-contiguous uint8: the mask, column-major
+    # The runs are known and checked: lay them out directly (several times faster than pycocotools' byte loop).
+    values = np.zeros(runs.size, np.uint8)
+    values[1::2] = 1  # runs alternate background, foreground, ...
+    columns = np.repeat(values, runs).reshape(width, height)  # column-major pixels
     return cv2.transpose(columns).view(bool)  # OpenCV's blocked transpose, several times numpy's strided copy
 
 
