@@ -18,7 +18,7 @@ import torch
 from segany.errors import InvalidInputError
 from segany.masks import Polygon, encode_png, encode_rle_batch, mask_to_polygons, masks_to_boxes_xyxy
 from segany.predictor import MASK_THRESHOLD
-from segany.transforms import upscale_logits
+from segany.transforms import upscale_logits, upscale_masks_fast
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def render_outputs(
         precision: the predictor's; upsampling follows the predictor's choice for it, so masks equal
             ``Predictor.predict``'s.
     """
-    upscale = upscaler_for(precision)
+    upscale = mask_upscaler_for(precision)
     scores_np = scores.float().cpu().numpy()
     low_np = low_res.float().cpu().numpy() if spec.low_res_logits else None
     results = []
@@ -109,9 +109,7 @@ def render_outputs(
         chosen = [best] if spec.best_only else list(range(low_res.shape[1]))
         candidates = [CandidateOutput(index=c, score=float(scores_np[b, c])) for c in chosen]
         if spec.needs_full_size:
-            logits = upscale(low_res[b : b + 1, chosen], input_size, original_size, image_size)[0]
-            masks = logits > MASK_THRESHOLD
-            del logits
+            masks = upscale(low_res[b : b + 1, chosen], input_size, original_size, image_size)[0]
             _fill_full_size(candidates, masks, spec)
         if low_np is not None:
             for cand in candidates:
@@ -120,14 +118,16 @@ def render_outputs(
     return results
 
 
-def upscaler_for(precision: str):
-    """(1, C, 256, 256) torch logits -> (1, C, H, W) numpy logits, the way the predictor upsamples them."""
-    from segany import transforms
+def mask_upscaler_for(precision: str):
+    """(B, C, 256, 256) torch logits -> (B, C, H, W) bool numpy masks, the way the predictor makes them.
 
-    fast = getattr(transforms, "upscale_logits_fast", None)  # OpenCV path of the "fast" precision, where present
-    if precision == "fast" and fast is not None:
-        return lambda low, inp, orig, size: fast(low.float().cpu().numpy(), inp, orig, size)
-    return lambda low, inp, orig, size: upscale_logits(low, inp, orig, size).cpu().numpy()
+    ``fast``: OpenCV (:func:`segany.transforms.upscale_masks_fast`); ``exact``: torch, as the released models.
+    """
+    if precision == "fast":
+        return lambda low, inp, orig, size: upscale_masks_fast(
+            low.float().cpu().numpy(), inp, orig, size, MASK_THRESHOLD
+        )
+    return lambda low, inp, orig, size: (upscale_logits(low, inp, orig, size) > MASK_THRESHOLD).cpu().numpy()
 
 
 def _fill_full_size(candidates: list[CandidateOutput], masks: np.ndarray, spec: OutputSpec) -> None:

@@ -19,7 +19,14 @@ from segany.modeling import Sam
 from segany.modeling.fast_decoder import fast_mask_decoder
 from segany.optimize import configure, encoder_autocast
 from segany.prompts import Prompt, make_prompt
-from segany.transforms import boxes_to_input, coords_to_input, resize_image, upscale_logits, upscale_logits_fast
+from segany.transforms import (
+    boxes_to_input,
+    coords_to_input,
+    resize_image,
+    upscale_logits,
+    upscale_logits_fast,
+    upscale_masks_fast,
+)
 
 MASK_THRESHOLD = 0.0
 
@@ -180,8 +187,11 @@ class Predictor:
         low_res, scores = self.predict_low_res(embedding, prompts, multimask)
         low_np, scores_np = low_res.cpu().numpy(), scores.float().cpu().numpy()
         if self.precision == "fast":  # OpenCV's resize: same values to float rounding, several times faster
-            full = upscale_logits_fast(low_np, embedding.input_size, embedding.original_size, self.image_size)
-            masks_np = full if return_logits else full > MASK_THRESHOLD
+            sizes = (embedding.input_size, embedding.original_size, self.image_size)
+            if return_logits:
+                masks_np = upscale_logits_fast(low_np, *sizes)
+            else:  # thresholded plane by plane: no full-size float array is allocated per call
+                masks_np = upscale_masks_fast(low_np, *sizes, MASK_THRESHOLD)
         else:
             full_t = upscale_logits(low_res, embedding.input_size, embedding.original_size, self.image_size)
             masks_np = (full_t if return_logits else full_t > MASK_THRESHOLD).cpu().numpy()

@@ -6,6 +6,8 @@ longest side is ``target`` (1024), before padding; the model sees the input zero
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -75,18 +77,75 @@ def upscale_logits_fast(
     with the torch path to ~1e-4 relative; a thresholded mask can differ only at pixels whose logit is that close to
     0 (a few pixels in millions). Used by the ``fast`` precision.
     """
+    batch, channels = low_res_logits.shape[:2]
+    out = np.empty((batch, channels, *original_size), np.float32)
+    for b in range(batch):
+        for c in range(channels):
+            _upscale_plane(low_res_logits[b, c], input_size, original_size, target, out[b, c])
+    return out
+
+
+def upscale_masks_fast(
+    low_res_logits: np.ndarray,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    target: int = 1024,
+    threshold: float = 0.0,
+) -> np.ndarray:
+    """``upscale_logits_fast(...) > threshold`` as (B, C, H, W) bool, without a fresh full-size float array per call.
+
+    The full-size logits go to a per-thread scratch buffer that is reused from call to call. A fresh 8 MiB array
+    costs more in page faults (the allocator hands large blocks back to the kernel when they are freed) than the
+    resize itself: 5.5 ms against 1.7 ms for one 1200x1800 mask.
+    """
+    batch, channels = low_res_logits.shape[:2]
+    masks = np.empty((batch, channels, *original_size), bool)
+    full = _scratch("full", original_size)
+    for b in range(batch):
+        for c in range(channels):
+            plane = _upscale_plane(low_res_logits[b, c], input_size, original_size, target, full)
+            np.greater(plane, threshold, out=masks[b, c])
+    return masks
+
+
+#: Scratch buffers larger than this are not kept between calls (a 50 MP image would pin 200 MiB per thread).
+SCRATCH_KEEP_BYTES = 64 << 20
+_scratch_buffers = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """A reusable float32 array of ``shape`` for this thread, or None (allocate per call) when it would be large."""
+    size = shape[0] * shape[1]
+    if 4 * size > SCRATCH_KEEP_BYTES:
+        return None
+    buf = getattr(_scratch_buffers, name, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, np.float32)
+        setattr(_scratch_buffers, name, buf)
+    return buf[:size].reshape(shape)
+
+
+def _upscale_plane(
+    low: np.ndarray,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    target: int,
+    dst: np.ndarray | None,
+) -> np.ndarray:
+    """One (256, 256) logit plane -> (H, W) float32 logits, written into ``dst`` when given (see above)."""
     import cv2
 
-    batch, channels, low_h, low_w = low_res_logits.shape
+    low_h, low_w = low.shape
     factor = target // low_h
     rows = min(low_h, -(-input_size[0] // factor) + 1)
     cols = min(low_w, -(-input_size[1] // factor) + 1)
+    crop = np.ascontiguousarray(low[:rows, :cols], dtype=np.float32)
+    up = cv2.resize(
+        crop,
+        (cols * factor, rows * factor),
+        dst=_scratch("up", (rows * factor, cols * factor)),
+        interpolation=cv2.INTER_LINEAR,
+    )
+    up = up[: input_size[0], : input_size[1]]
     height, width = original_size
-    out = np.empty((batch, channels, height, width), np.float32)
-    for b in range(batch):
-        for c in range(channels):
-            crop = np.ascontiguousarray(low_res_logits[b, c, :rows, :cols], dtype=np.float32)
-            up = cv2.resize(crop, (cols * factor, rows * factor), interpolation=cv2.INTER_LINEAR)
-            up = up[: input_size[0], : input_size[1]]
-            out[b, c] = cv2.resize(up, (width, height), interpolation=cv2.INTER_LINEAR)
-    return out
+    return cv2.resize(up, (width, height), dst=dst, interpolation=cv2.INTER_LINEAR)

@@ -85,6 +85,29 @@ def test_fast_upscale_matches_torch_upscale(size):
     assert differ.mean() < 1e-5
 
 
+@pytest.mark.parametrize("keep_bytes", [64 << 20, 0])  # scratch buffers reused, or allocated per call
+def test_fast_mask_upscale_equals_thresholded_logits_in_any_thread(monkeypatch, keep_bytes):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segany import transforms
+    from segany.transforms import input_size_for, upscale_logits_fast, upscale_masks_fast
+
+    monkeypatch.setattr(transforms, "SCRATCH_KEEP_BYTES", keep_bytes)
+    rng = np.random.default_rng(5)
+    low = (rng.standard_normal((2, 3, 256, 256)) * 4).astype(np.float32)
+    sizes = [(1200, 1800), (90, 70), (1500, 2250), (300, 2000), (1200, 1800)]  # the scratch grows, shrinks, grows
+
+    def check(size):
+        args = (low, input_size_for(size), size)
+        masks = upscale_masks_fast(*args, threshold=0.5)
+        assert masks.dtype == np.bool_ and masks.shape == (2, 3, *size)
+        return np.array_equal(masks, upscale_logits_fast(*args) > 0.5)
+
+    assert all(check(size) for size in sizes)
+    with ThreadPoolExecutor(3) as pool:  # each thread has its own scratch: no mixing between concurrent calls
+        assert all(pool.map(check, sizes * 4))
+
+
 def test_fast_stores_encoder_convolutions_channels_last_and_exact_restores_them():
     model = segany.build_model("vit_t", seed=2)
     image = random_image(200, 300, seed=3)

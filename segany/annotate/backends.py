@@ -17,9 +17,8 @@ import torch
 from segany.annotate.sources import ObjectPrompt
 from segany.errors import UnavailableError
 from segany.everything import UPSCALE_BUDGET_BYTES, AutomaticMaskGenerator, EverythingSettings, decode_in_chunks
-from segany.mask_outputs import upscaler_for
+from segany.mask_outputs import mask_upscaler_for
 from segany.masks import encode_rle_batch
-from segany.predictor import MASK_THRESHOLD
 from segany.transforms import boxes_to_input, coords_to_input
 
 #: Prompts per decoder call when labelling from prompts (bounds the memory of full-size masks).
@@ -111,10 +110,9 @@ class LocalBackend:
         chosen = low_res[rows, best].unsqueeze(1)
         per_mask = 4 * (size[0] * size[1] + target * target)
         step = max(1, UPSCALE_BUDGET_BYTES // per_mask)
-        upscale = upscaler_for(predictor.precision)  # OpenCV in fast precision, as Predictor.predict_prompts
+        upscale = mask_upscaler_for(predictor.precision)  # OpenCV in fast precision, as Predictor.predict_prompts
         masks = np.concatenate([
-            upscale(chosen[i : i + step], emb.input_size, size, target)[:, 0] > MASK_THRESHOLD
-            for i in range(0, len(prompts), step)
+            upscale(chosen[i : i + step], emb.input_size, size, target)[:, 0] for i in range(0, len(prompts), step)
         ])
         return masks, scores[rows, best].float().cpu().numpy()
 
