@@ -28,7 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP; same for every implementation
+from segany.runtime import tune_process  # noqa: E402
+
+tune_process()  # as `segany annotate` (OpenMP wait policy, malloc reuse); before torch; same for every implementation
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -16,9 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-# Sleeping, not spinning, OpenMP workers: on a shared 2-core machine spinning threads steal the cores the other
-# contender needs (both sides run in this process under the same setting). Must be set before torch starts OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The process settings of `segany serve` (segany/runtime.py): sleeping, not spinning, OpenMP workers (on a shared
+# 2-core machine spinning threads steal the cores the other contender needs) and malloc reuse of freed blocks. Both
+# sides run in this process under the same settings. Applied before torch starts OpenMP.
+from segany.runtime import tune_process  # noqa: E402
+
+tune_process()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

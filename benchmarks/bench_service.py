@@ -34,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-# Same OpenMP wait policy as `segany serve` (see segany/cli/serve.py), for the server child and the in-process
-# references alike; set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The process settings of `segany serve` (segany/runtime.py: OpenMP wait policy, malloc reuse), for the server
+# child and the in-process references (the public predictor included) alike; applied before torch is imported.
+from segany.runtime import tune_process  # noqa: E402
+
+tune_process()
 
 if __package__ in (None, ""):  # `python benchmarks/bench_service.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,6 +53,7 @@ def _model(name: str):
 
 
 def _server_child(model_name: str, threads: int, settings: dict, queue) -> None:
+    tune_process()  # as `segany serve` does (a spawned child starts a fresh process)
     import torch
 
     torch.set_num_threads(threads)

@@ -89,11 +89,9 @@ def _file_digest(path: Path) -> str:
 
 
 def run_annotate(args: argparse.Namespace) -> int:
-    import os
+    from segany.runtime import tune_process
 
-    # OpenMP threads that spin while waiting burn the cores they share with the encoder/decoder threads and
-    # other jobs (see segany serve). Set before torch starts OpenMP; an explicit OMP_WAIT_POLICY wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    tune_process()  # OMP_WAIT_POLICY=PASSIVE and malloc reuse, before torch starts; the environment wins
     from dataclasses import asdict
 
     from segany.annotate.exporters import Exporter

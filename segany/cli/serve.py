@@ -54,12 +54,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-    import os
 
-    # The encoder, the decode workers and gRPC's threads share the cores: OpenMP threads that spin after each
-    # parallel region steal them from each other (measured here on 2 busy cores: a 2-thread decode took 4x longer
-    # spinning than sleeping). Set before torch starts OpenMP; an explicit OMP_WAIT_POLICY wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from segany.runtime import tune_process
+
+    tune_process()  # OMP_WAIT_POLICY=PASSIVE and malloc reuse, before torch starts; the environment wins
 
     from segany.service.server import serve
     from segany.service.settings import Settings
