@@ -123,14 +123,14 @@ def bench_boxes(args) -> tuple[list[tuple], dict]:
     from segany.annotate.journal import Journal
     from segany.annotate.pipeline import Annotator
     from segany.annotate.sources import load_prompts
-    from segany.errors import CheckpointError
+    from segany.errors import CheckpointError, DownloadError
 
     try:
         model = segany.load_model(args.box_model)
         label = args.box_model or "segany-lite (shipped)"
-    except CheckpointError:
+    except (CheckpointError, DownloadError):  # no file here and no network: same architecture, random weights
         model = segany.build_model(args.box_model or "segany-lite", seed=0)
-        label = f"{args.box_model or 'segany-lite'} (random weights: shipped file not installed)"
+        label = f"{args.box_model or 'segany-lite'} (random weights: no checkpoint here)"
     rng = np.random.default_rng(0)
     h, w = args.size
     with tempfile.TemporaryDirectory() as tmp:
