@@ -85,19 +85,25 @@ class FewKeyAttention(_MovedProjections):
     matrix instead of the (C, C/2) query and (C/2, C) output projections. Shares the wrapped layers' parameters.
     """
 
+    def _keys_and_values(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected keys (B, heads, Nk, d), the query weight per head (heads, d, C) and each key's value already
+        through the output projection (B, heads*Nk, C)."""
+        a, heads, d = self.attn, self.heads, self.head_dim
+        b, n_k, c = k.shape
+        kh = a._heads(a.k_proj(k))
+        vh = a._heads(a.v_proj(v))
+        wo = a.out_proj.weight.reshape(c, heads, d).permute(1, 2, 0)  # (heads, d, C)
+        return kh, a.q_proj.weight.reshape(heads, d, c), (vh @ wo).reshape(b, heads * n_k, c)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         a, heads, d = self.attn, self.heads, self.head_dim
         b, n_q, c = q.shape
         n_k = k.shape[1]
-        kh = a._heads(a.k_proj(k))  # (B, heads, Nk, d)
-        vh = a._heads(a.v_proj(v))
-        wq = a.q_proj.weight.reshape(heads, d, c)
+        kh, wq, values = self._keys_and_values(k, v)
         q_to_k = (wq.transpose(1, 2) @ kh.transpose(2, 3)).permute(0, 2, 1, 3).reshape(b, c, heads * n_k)
         bias = (a.q_proj.bias.reshape(heads, 1, d) @ kh.transpose(2, 3)).reshape(b, 1, heads * n_k)
         scores = (q @ q_to_k + bias).reshape(b, n_q, heads, n_k)  # (B, Nq, heads, Nk)
         weights = flush_tiny((scores / math.sqrt(d)).softmax(dim=-1)).reshape(b, n_q, heads * n_k)
-        wo = a.out_proj.weight.reshape(c, heads, d).permute(1, 2, 0)  # (heads, d, C)
-        values = (vh @ wo).reshape(b, heads * n_k, c)  # each key's value already through the output projection
         return weights @ values + a.out_proj.bias
 
 
@@ -169,16 +175,12 @@ class FewKeyAttentionT(FewKeyAttention):
         a, heads, d = self.attn, self.heads, self.head_dim
         b, n_q, c = q.shape
         n_k = k.shape[1]
-        kh = a._heads(a.k_proj(k))  # (B, heads, Nk, d)
-        vh = a._heads(a.v_proj(v))
-        wq = a.q_proj.weight.reshape(heads, d, c)
+        kh, wq, values = self._keys_and_values(k, v)
         k_to_q = (kh @ wq).reshape(b, heads * n_k, c)  # (B, heads*Nk, C)
         bias = (kh @ a.q_proj.bias.reshape(heads, d, 1)).reshape(b, heads * n_k, 1)
         scores = torch.baddbmm(bias, k_to_q, q.transpose(1, 2))  # (B, heads*Nk, Nq)
         weights = (scores / math.sqrt(d)).reshape(b, heads, n_k, n_q).softmax(dim=2).reshape(b, heads * n_k, n_q)
         weights = flush_tiny(weights)
-        wo = a.out_proj.weight.reshape(c, heads, d).permute(1, 2, 0)  # (heads, d, C)
-        values = (vh @ wo).reshape(b, heads * n_k, c)
         return torch.bmm(weights.transpose(1, 2), values).add_(a.out_proj.bias)
 
 
