@@ -410,14 +410,13 @@ def decode_in_chunks(
     if batch < 2 * chunk:
         low_res, iou = decoder(image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense, multimask)
         return (low_res if in_raster else raster_order(low_res)), iou
-    if isinstance(decoder, FastMaskDecoder):  # not bit-exact anyway: whole chunks through its own predict_masks
+    if isinstance(decoder, FastMaskDecoder):  # not bit-exact anyway: whole chunks through the decoder itself
         image_pe = prompt_encoder.get_dense_pe()
         parts = [
-            decoder.predict_masks(image_embeddings, image_pe, sparse[i : i + chunk], dense[i : i + chunk])
+            decoder(image_embeddings, image_pe, sparse[i : i + chunk], dense[i : i + chunk], multimask)
             for i in range(0, batch, chunk)
         ]
-        low_res, iou = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return (low_res[:, 1:], iou[:, 1:]) if multimask else (low_res[:, :1], iou[:, :1])
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     # Chunks of `chunk` prompts, the remainder joining the last one: no pass runs fewer than `chunk` prompts.
     starts = list(range(0, batch - batch % chunk, chunk))
     bounds = [(s, s + chunk) for s in starts[:-1]] + [(starts[-1], batch)]
