@@ -27,8 +27,14 @@ from torch import nn
 from segany.modeling.common import LayerNorm2d
 
 
-class ConvBNAct(nn.Sequential):
-    """Conv2d (no bias) -> BatchNorm2d -> optional ReLU. Padding keeps the size (divided by the stride).
+class ConvNormAct(nn.Sequential):
+    """Conv2d (no bias) -> per-image channel norm -> optional ReLU. Padding keeps the size (divided by the stride).
+
+    The norm is ``GroupNorm`` with one channel per group: each image's channels are normalised over its own pixels
+    (InstanceNorm with an affine, as GroupNorm has a fast channels-last CPU kernel), so an embedding never depends on
+    the other images of a batch or on population statistics. Stages 1-5 of the shipped model were trained with
+    BatchNorm on 1-3 images per step, which made the network rely on per-image statistics: with BatchNorm's running
+    averages at inference the held-out box mIoU was 0.65, with per-image statistics 0.78 (docs/shipped_model.md).
 
     ReLU rather than GELU: its backward pass is markedly cheaper on CPU, and training time is the binding budget.
     """
@@ -36,7 +42,7 @@ class ConvBNAct(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, groups: int, act: bool) -> None:
         layers: list[nn.Module] = [
             nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(out_ch),
+            nn.GroupNorm(out_ch, out_ch),
         ]
         if act:
             layers.append(nn.ReLU(inplace=True))
@@ -52,9 +58,9 @@ class InvertedResidual(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int, kernel: int) -> None:
         super().__init__()
         hidden = in_ch * expand
-        self.expand = ConvBNAct(in_ch, hidden, 1, 1, 1, act=True)
-        self.depthwise = ConvBNAct(hidden, hidden, kernel, stride, hidden, act=True)
-        self.project = ConvBNAct(hidden, out_ch, 1, 1, 1, act=False)
+        self.expand = ConvNormAct(in_ch, hidden, 1, 1, 1, act=True)
+        self.depthwise = ConvNormAct(hidden, hidden, kernel, stride, hidden, act=True)
+        self.project = ConvNormAct(hidden, out_ch, 1, 1, 1, act=False)
         self.use_residual = stride == 1 and in_ch == out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,8 +130,8 @@ class LiteEncoder(nn.Module):
         super().__init__()
         c0, c1, c2, c3, c4 = channels
         self.stem = nn.Sequential(
-            ConvBNAct(3, c0 // 2, 3, 2, 1, act=True),
-            ConvBNAct(c0 // 2, c0, 3, 2, 1, act=True),
+            ConvNormAct(3, c0 // 2, 3, 2, 1, act=True),
+            ConvNormAct(c0 // 2, c0, 3, 2, 1, act=True),
         )
         self.stages = nn.ModuleList()
         in_ch = c0
@@ -139,8 +145,8 @@ class LiteEncoder(nn.Module):
         self.lateral16 = nn.Conv2d(c2, fpn_dim, 1)
         self.lateral32 = nn.Conv2d(c3, fpn_dim, 1)
         self.lateral64 = nn.Conv2d(c4, fpn_dim, 1)
-        self.mix32 = ConvBNAct(fpn_dim, fpn_dim, 3, 1, fpn_dim, act=True)
-        self.mix16 = ConvBNAct(fpn_dim, fpn_dim, 3, 1, fpn_dim, act=True)
+        self.mix32 = ConvNormAct(fpn_dim, fpn_dim, 3, 1, fpn_dim, act=True)
+        self.mix16 = ConvNormAct(fpn_dim, fpn_dim, 3, 1, fpn_dim, act=True)
         self.neck = nn.Sequential(
             nn.Conv2d(fpn_dim, out_chans, 1, bias=False),
             LayerNorm2d(out_chans),

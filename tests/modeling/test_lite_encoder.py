@@ -27,15 +27,23 @@ def test_param_budget(encoder: LiteEncoder) -> None:
     assert n <= 4_000_000, n
 
 
-def test_bf16_autocast_matches_fp32(encoder: LiteEncoder) -> None:
-    x = torch.randn(1, 3, 128, 128)
+def test_bf16_autocast_matches_fp32() -> None:
+    # On the shipped weights and a generated scene: per-image norms amplify bf16 rounding in channels whose random
+    # weights make them nearly constant, so random weights would test the wrong thing.
+    from segany.models import load_model
+    from segany.training.synthetic import EVAL_SETTINGS, generate_scene
+
+    encoder = load_model().image_encoder.eval()
+    scene = generate_scene(EVAL_SETTINGS, 5, 0)
+    x = torch.from_numpy(scene.image[:256, :256].astype("float32")).permute(2, 0, 1)[None]
+    x = (x - x.mean()) / x.std()
     with torch.no_grad():
         ref = encoder(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = encoder(x)
     assert low.shape == ref.shape
     # The neck ends in a LayerNorm, so outputs are O(1); bf16 keeps ~3 significant digits.
-    assert (low.float() - ref).abs().mean() < 0.05
+    assert (low.float() - ref).abs().mean() < 0.02
 
 
 def test_backward_reaches_every_parameter() -> None:
@@ -44,3 +52,22 @@ def test_backward_reaches_every_parameter() -> None:
     enc(torch.randn(2, 3, 128, 128)).square().mean().backward()
     missing = [n for n, p in enc.named_parameters() if p.grad is None]
     assert not missing
+
+
+def test_embedding_is_per_image_and_the_same_in_train_and_eval_mode(encoder: LiteEncoder) -> None:
+    # The shipped weights were trained with per-image statistics; an encoder whose eval mode normalises with
+    # population statistics (BatchNorm's running averages) lost 0.14 held-out box mIoU. Eval must equal train mode,
+    # and an image's embedding must not depend on the other images of its batch.
+    torch.manual_seed(1)
+    a, b = torch.randn(1, 3, 128, 128), 3 * torch.randn(1, 3, 128, 128) + 1
+    with torch.no_grad():
+        alone = encoder(a)
+        batched = encoder(torch.cat([a, b]))[:1]
+        encoder.train()
+        try:
+            trained = encoder(a)
+        finally:
+            encoder.eval()
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(trained, alone, atol=1e-5, rtol=1e-5)
+    assert not [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
