@@ -72,6 +72,18 @@ def test_raster_order_inverts_the_sub_pixel_layout():
     assert torch.equal(raster_order(sub), raster)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_pixel_major_to_raster_is_exact_for_every_float_size(dtype):
+    from segany.modeling.fast_decoder import _pixel_major_to_raster
+
+    b, m, h, w = 2, 3, 3, 5
+    raster = torch.arange(b * m * 16 * h * w).remainder(2039).to(dtype).reshape(b, m, 4 * h, 4 * w)
+    # pixel-major: (y, x, dy1, dx1, dy2, dx2) with row = 4y + 2 dy1 + dy2, col = 4x + 2 dx1 + dx2
+    major = raster.reshape(b, m, h, 2, 2, w, 2, 2).permute(0, 1, 2, 5, 3, 6, 4, 7).reshape(b, m, 16 * h * w)
+    out = _pixel_major_to_raster(major, h, w)
+    assert out.dtype == dtype and torch.equal(out, raster)
+
+
 def test_predictor_fast_decoder_gives_exact_masks_on_one_embedding(model):
     """Same embedding, both precisions: the decoder rewrite alone moves logits by rounding only."""
     image = random_image(300, 500, seed=4)
