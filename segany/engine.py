@@ -10,7 +10,8 @@ Concurrency model (one asyncio loop, three executors):
   wait; beyond that :class:`ResourceExhaustedError`.
   When every caller of a queued job has gone (cancelled, deadline passed) the job is dropped before it runs.
 * The decoder runs on the *decode* pool, never on the encoder thread: a prompt on a cached image does not wait
-  behind an encode (torch releases the GIL while it computes).
+  behind an encode (torch releases the GIL while it computes). The pool hands each call to the thread that went idle
+  last (:class:`~segany.warm_pool.WarmThreadPool`), so back-to-back clicks stay on one warm OpenMP team.
 
 The image id is the cache key (sha256 of the bytes + model fingerprint + preprocessing version): computed here,
 never chosen by a client. All public methods are coroutines; call them from one event loop.
@@ -47,6 +48,7 @@ from segany.images import DEFAULT_LIMITS, ImageLimits, as_rgb_uint8, decode_imag
 from segany.mask_outputs import MaskStore, OutputSpec, PromptOutput, render_outputs
 from segany.predictor import Predictor
 from segany.prompts import LOW_RES_SIZE, MAX_POINTS_PER_PROMPT, Prompt
+from segany.warm_pool import WarmThreadPool
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ class Engine:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="segany-encode")
-        self._decode_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="segany-decode")
+        self._decode_pool = WarmThreadPool(self.settings.decode_workers, thread_name_prefix="segany-decode")
         self._prepare_pool = ThreadPoolExecutor(self.settings.prepare_workers, thread_name_prefix="segany-prepare")
 
     # ------------------------------------------------------------------------------------------------ lifecycle

@@ -1,0 +1,125 @@
+"""WarmThreadPool: last-idle-first dispatch, bounded threads, futures and shutdown as ThreadPoolExecutor."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import CancelledError
+
+import pytest
+
+from segany.warm_pool import WarmThreadPool
+
+
+def test_sequential_calls_stay_on_one_thread():
+    pool = WarmThreadPool(4, thread_name_prefix="t")
+    try:
+        names = {pool.submit(lambda: threading.current_thread().name).result(timeout=5) for _ in range(50)}
+    finally:
+        pool.shutdown()
+    assert len(names) == 1
+
+
+def test_last_idle_worker_gets_the_next_task():
+    pool = WarmThreadPool(3, thread_name_prefix="t")
+    try:
+        release = [threading.Event() for _ in range(3)]
+        futures = [pool.submit(lambda e=e: (e.wait(5), threading.current_thread().name)[1]) for e in release]
+        time.sleep(0.05)
+        names = []
+        for e, f in zip(release, futures):  # they finish in order 0, 1, 2: worker 2 went idle last
+            e.set()
+            names.append(f.result(timeout=5))
+            time.sleep(0.02)
+        assert len(set(names)) == 3
+        assert pool.submit(lambda: threading.current_thread().name).result(timeout=5) == names[2]
+    finally:
+        pool.shutdown()
+
+
+def test_at_most_max_workers_run_at_once_and_the_rest_queue_in_order():
+    pool = WarmThreadPool(2)
+    lock = threading.Lock()
+    running = peak = 0
+    order: list[int] = []
+
+    def task(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+            order.append(i)
+        return i * i
+
+    try:
+        futures = [pool.submit(task, i) for i in range(8)]
+        assert [f.result(timeout=10) for f in futures] == [i * i for i in range(8)]
+    finally:
+        pool.shutdown()
+    assert peak == 2
+    assert sorted(order[2:]) == order[2:]  # queued tasks start in submission order
+    assert len(pool._threads) == 2
+
+
+def test_exceptions_reach_the_caller_and_the_worker_survives():
+    pool = WarmThreadPool(1)
+    try:
+        with pytest.raises(ZeroDivisionError):
+            pool.submit(lambda: 1 / 0).result(timeout=5)
+        assert pool.submit(lambda x: x + 1, 41).result(timeout=5) == 42
+    finally:
+        pool.shutdown()
+
+
+def test_works_with_run_in_executor():
+    pool = WarmThreadPool(2)
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        return await asyncio.gather(*(loop.run_in_executor(pool, pow, i, 2) for i in range(6)))
+
+    try:
+        assert asyncio.run(main()) == [0, 1, 4, 9, 16, 25]
+    finally:
+        pool.shutdown()
+
+
+def test_shutdown_cancels_queued_tasks_finishes_running_ones_and_refuses_new_ones():
+    pool = WarmThreadPool(1)
+    gate = threading.Event()
+    running = pool.submit(lambda: gate.wait(5) and "done")
+    queued = pool.submit(lambda: "never")
+    time.sleep(0.02)
+    threading.Timer(0.05, gate.set).start()
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert running.result(timeout=1) == "done"
+    with pytest.raises(CancelledError):
+        queued.result(timeout=1)
+    assert not any(t.is_alive() for t in pool._threads)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        pool.submit(print)
+
+
+def test_shutdown_without_cancel_drains_the_queue():
+    pool = WarmThreadPool(1)
+    futures = [pool.submit(time.sleep, 0.01) for _ in range(4)] + [pool.submit(lambda: "last")]
+    pool.shutdown(wait=True)
+    assert futures[-1].result(timeout=1) == "last"
+    assert not any(t.is_alive() for t in pool._threads)
+
+
+def test_idle_workers_exit_on_shutdown():
+    pool = WarmThreadPool(3)
+    for f in [pool.submit(time.sleep, 0.02) for _ in range(3)]:
+        f.result(timeout=5)
+    pool.shutdown(wait=True)
+    assert len(pool._threads) == 3 and not any(t.is_alive() for t in pool._threads)
+
+
+def test_needs_a_worker():
+    with pytest.raises(ValueError):
+        WarmThreadPool(0)
