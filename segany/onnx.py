@@ -20,11 +20,12 @@ than stored: a stored copy would add 4 MiB to every file a browser downloads.
 
 ``fast=True`` (the default) builds the graphs from :func:`segany.modeling.fast_decoder.fast_mask_decoder`, the
 value-preserving rewrite of the decoder that the predictor's fast path also runs (projections moved to the prompt
-side of the cross-attentions, sub-pixel upscaling); the plain path stays for comparison, and ``tests/test_onnx.py``
-checks both against torch. In the graph, one more rewrite: the low-res logits are cropped to the rows/columns that
-the 4x upsample of the resized image reads (plus one for the bilinear neighbour) before upsampling: bilinear x4 with
-half-pixel centres reads source rows <= ceil(h / 4) for output rows < h, so the crop changes no value and skips a
-third of the 1024x1024 upsample for a 2:3 image.
+side of the cross-attentions, upscaling on channels-last tokens with the mask planes in pixel-major order until the
+wanted ones are picked); the plain path stays for comparison, and ``tests/test_onnx.py`` checks both against torch.
+In the graph, one more rewrite: the low-res logits are cropped to the rows/columns that the 4x upsample of the
+resized image reads (plus one for the bilinear neighbour) before upsampling: bilinear x4 with half-pixel centres
+reads source rows <= ceil(h / 4) for output rows < h, so the crop changes no value and skips a third of the
+1024x1024 upsample for a 2:3 image.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segany.modeling import Sam
-from segany.modeling.fast_decoder import fast_mask_decoder, raster_order
+from segany.modeling.fast_decoder import fast_mask_decoder, pixel_major_to_raster
 
 OPSET = 17
 
@@ -49,12 +50,13 @@ class _DecoderBase(nn.Module):
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = fast_mask_decoder(model.mask_decoder) if fast else model.mask_decoder
-        self.sub_pixel_order = bool(getattr(self.mask_decoder, "sub_pixel_order", False))
+        self.pixel_major = bool(getattr(self.mask_decoder, "pixel_major_output", False))
+        self.embedding_size = tuple(model.prompt_encoder.image_embedding_size)
         self.image_size = model.image_size
         self.fast = fast
 
     def _raster(self, low_res: torch.Tensor) -> torch.Tensor:
-        return raster_order(low_res) if self.sub_pixel_order else low_res
+        return pixel_major_to_raster(low_res, *self.embedding_size) if self.pixel_major else low_res
 
     def _dense(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         has = has_mask_input.reshape(-1, 1, 1, 1)

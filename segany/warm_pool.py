@@ -13,8 +13,9 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import Any, Callable
+from typing import Any
 
 _Item = tuple[Future, Callable[..., Any], tuple, dict]
 

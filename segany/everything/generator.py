@@ -28,7 +28,7 @@ from segany.embedding import ImageEmbedding
 from segany.errors import InvalidInputError
 from segany.images import as_rgb_uint8
 from segany.masks import encode_rle_batch, masks_to_boxes_xyxy
-from segany.modeling.fast_decoder import FastMaskDecoder, raster_order
+from segany.modeling.fast_decoder import FastMaskDecoder, pixel_major_to_raster
 from segany.predictor import MASK_THRESHOLD, Predictor
 from segany.transforms import coords_to_input, upscale_logits
 
@@ -404,19 +404,22 @@ def decode_in_chunks(
     """
     prompt_encoder = model.prompt_encoder
     decoder = model.mask_decoder if decoder is None else decoder
-    in_raster = not getattr(decoder, "sub_pixel_order", False)
+    pixel_major = getattr(decoder, "pixel_major_output", False)  # the ONNX variant of the fast decoder
     sparse, dense = prompt_encoder(None if coords is None else (coords, labels), boxes, None)
     batch = sparse.shape[0]
     if batch < 2 * chunk:
         low_res, iou = decoder(image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense, multimask)
-        return (low_res if in_raster else raster_order(low_res)), iou
+        return (pixel_major_to_raster(low_res, *image_embeddings.shape[-2:]) if pixel_major else low_res), iou
     if isinstance(decoder, FastMaskDecoder):  # not bit-exact anyway: whole chunks through the decoder itself
         image_pe = prompt_encoder.get_dense_pe()
         parts = [
             decoder(image_embeddings, image_pe, sparse[i : i + chunk], dense[i : i + chunk], multimask)
             for i in range(0, batch, chunk)
         ]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        low_res = torch.cat([p[0] for p in parts])
+        return (pixel_major_to_raster(low_res, *image_embeddings.shape[-2:]) if pixel_major else low_res), torch.cat(
+            [p[1] for p in parts]
+        )
     # Chunks of `chunk` prompts, the remainder joining the last one: no pass runs fewer than `chunk` prompts.
     starts = list(range(0, batch - batch % chunk, chunk))
     bounds = [(s, s + chunk) for s in starts[:-1]] + [(starts[-1], batch)]
@@ -447,7 +450,7 @@ def decode_in_chunks(
         image_parts[k] = None  # free as we go
     low_res = torch.cat(masks)
     low_res, iou = (low_res[:, 1:], iou[:, 1:]) if multimask else (low_res[:, :1], iou[:, :1])
-    return (low_res if in_raster else raster_order(low_res)), iou
+    return low_res, iou
 
 
 def _unpack_full(masks: _Masks, i: int, image_size: tuple[int, int]) -> np.ndarray:

@@ -6,9 +6,12 @@ plain decoder on random weights):
 - the three token -> image and two image -> token cross-attentions move their projections to the small side (the
   prompt tokens) by associativity, so the 4096 image tokens are never projected: about 40% fewer multiply-adds per
   prompt (:class:`FewQueryAttention`, :class:`FewKeyAttention`);
-- the output upscaling's two ConvTranspose2d (kernel = stride = 2) run as plain matrix products with the pixels left
-  in sub-pixel-major order, and only the few mask planes are put back in raster order (:class:`SubPixelUpscaling`,
-  :func:`raster_order`): no col2im scatter of the 8 MiB feature map.
+- the output upscaling's two ConvTranspose2d (kernel = stride = 2) run as plain matrix products on the image tokens
+  kept (B, N, C) channels-last, with the pixels left in pixel-major order (each low-res cell followed by its 2x2 and
+  then 2x2 sub-pixels): no col2im scatter of the 8 MiB feature map, no transposed copies, LayerNorm2d as a
+  layer norm over the last axis (onnxruntime's fused LayerNormalization, not a chain of ReduceMean and Pow), the
+  biases next to the GELUs (onnxruntime fuses them into BiasGelu); only the few mask planes are put back in raster
+  order (:class:`PixelMajorUpscaling`, :class:`FastMaskDecoder`, :func:`pixel_major_to_raster`).
 
 :func:`fast_mask_decoder` returns a rewritten copy that shares the original's parameters; the model is untouched.
 """
@@ -107,63 +110,6 @@ class FewKeyAttention(_MovedProjections):
         return weights @ values + a.out_proj.bias
 
 
-class SubPixelUpscaling(nn.Module):
-    """SAM's ``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) as two plain MatMuls.
-
-    A ConvTranspose2d whose kernel equals its stride sends each input pixel to its own 2x2 block: one MatMul with
-    output rows (channel, dy, dx), no col2im scatter. Everything after it is per pixel, so the pixels stay in
-    *sub-pixel-major* order (dy2, dx2, dy1, dx1, y, x) instead of raster order: the output is (B, C/8, 4h, 4w)
-    with that order, :meth:`MaskDecoder.predict_masks` only takes per-pixel dot products of it, and
-    :func:`raster_order` reorders the few mask planes at the end. Shares the wrapped layers' parameters.
-    """
-
-    def __init__(self, upscaling: nn.Sequential) -> None:
-        super().__init__()
-        self.deconv1, self.norm, self.act1, self.deconv2, self.act2 = upscaling
-
-    @staticmethod
-    def supports(upscaling: nn.Module) -> bool:
-        if not isinstance(upscaling, nn.Sequential) or len(upscaling) != 5:
-            return False
-        d1, norm, a1, d2, a2 = upscaling
-        plain = all(
-            isinstance(d, nn.ConvTranspose2d)
-            and d.kernel_size == (2, 2)
-            and d.stride == (2, 2)
-            and d.padding == (0, 0)
-            and d.output_padding == (0, 0)
-            and d.dilation == (1, 1)
-            and d.groups == 1
-            for d in (d1, d2)
-        )
-        return plain and isinstance(norm, LayerNorm2d) and isinstance(a1, nn.GELU) and isinstance(a2, nn.GELU)
-
-    @staticmethod
-    def _deconv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-        """(B, C_in, N) -> (B, C_out, 4N): pixel order (dy, dx, previous order)."""
-        c_in, c_out = conv.in_channels, conv.out_channels
-        weight = conv.weight.permute(1, 2, 3, 0).reshape(4 * c_out, c_in)  # rows (o, dy, dx)
-        y = (weight @ x).reshape(x.shape[0], c_out, -1)
-        return y + conv.bias.reshape(1, c_out, 1) if conv.bias is not None else y
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        y = self._deconv(x.reshape(b, c, h * w), self.deconv1)
-        # LayerNorm2d is per pixel, so any pixel order will do; a 4-D (B, C, 2h, 2w) view keeps its ops on their
-        # fast paths (a trailing axis of 1 sends Pow to onnxruntime's slow broadcasting path)
-        y = self.act1(self.norm(y.reshape(b, -1, 2 * h, 2 * w))).flatten(2)
-        y = self.act2(self._deconv(y, self.deconv2))
-        return y.reshape(b, -1, 4 * h, 4 * w)
-
-
-def raster_order(masks: torch.Tensor) -> torch.Tensor:
-    """(B, M, 4h, 4w) in sub-pixel-major order (dy2, dx2, dy1, dx1, y, x) -> raster order."""
-    b, m, hh, ww = masks.shape
-    h, w = hh // 4, ww // 4
-    blocks = masks.reshape(b, m, 2, 2, 2, 2, h, w)
-    return blocks.permute(0, 1, 6, 4, 2, 7, 5, 3).reshape(b, m, hh, ww)
-
-
 class FewKeyAttentionT(FewKeyAttention):
     """:class:`FewKeyAttention` with the scores computed transposed, (B, heads*Nk, Nq), for eager torch.
 
@@ -185,17 +131,35 @@ class FewKeyAttentionT(FewKeyAttention):
 
 
 class PixelMajorUpscaling(nn.Module):
-    """SAM's ``output_upscaling`` on (B, N, C) tokens with channels last, for eager torch.
+    """SAM's ``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU, ConvT 2x2/2, GELU) on (B, N, C) tokens.
 
-    Each ConvTranspose2d (kernel = stride = 2) is one ``F.linear`` with output columns (dy, dx, channel): the bias is
-    fused, no transposed copies of the feature maps are made, and LayerNorm2d becomes ``F.layer_norm`` over the last
-    axis. Pixels stay in the order (y, x, dy1, dx1, dy2, dx2); :class:`FastMaskDecoder` reorders the mask planes.
+    A ConvTranspose2d whose kernel equals its stride sends each input pixel to its own 2x2 block: one ``F.linear``
+    with output columns (dy, dx, channel), bias included, no col2im scatter. Everything after it is per pixel, so the
+    pixels stay in the order (y, x, dy1, dx1, dy2, dx2) and LayerNorm2d becomes ``F.layer_norm`` over the last axis.
     Input (B, h*w, C) in raster order -> (B, 16*h*w, C/8). Shares the wrapped layers' parameters.
     """
 
     def __init__(self, upscaling: nn.Sequential) -> None:
         super().__init__()
         self.deconv1, self.norm, self.act1, self.deconv2, self.act2 = upscaling
+
+    @staticmethod
+    def supports(upscaling: nn.Module) -> bool:
+        """True for SAM's layout: two plain ConvTranspose2d with kernel = stride = 2, LayerNorm2d and GELUs."""
+        if not isinstance(upscaling, nn.Sequential) or len(upscaling) != 5:
+            return False
+        d1, norm, a1, d2, a2 = upscaling
+        plain = all(
+            isinstance(d, nn.ConvTranspose2d)
+            and d.kernel_size == (2, 2)
+            and d.stride == (2, 2)
+            and d.padding == (0, 0)
+            and d.output_padding == (0, 0)
+            and d.dilation == (1, 1)
+            and d.groups == 1
+            for d in (d1, d2)
+        )
+        return plain and isinstance(norm, LayerNorm2d) and isinstance(a1, nn.GELU) and isinstance(a2, nn.GELU)
 
     @staticmethod
     def _linear(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
@@ -206,13 +170,20 @@ class PixelMajorUpscaling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._linear(x, self.deconv1)
-        y = self.act1(F.layer_norm(y, (y.shape[-1],), self.norm.weight, self.norm.bias, self.norm.eps))
+        y = self.act1(F.layer_norm(y, self.norm.weight.shape, self.norm.weight, self.norm.bias, self.norm.eps))
         return self.act2(self._linear(y, self.deconv2))
 
 
 class FastMaskDecoder(MaskDecoder):
-    """The mask decoder with image tokens kept (B, N, C) contiguous end to end, for eager torch (see
-    :func:`fast_mask_decoder`). The image embedding is broadcast over the prompts instead of repeated."""
+    """The mask decoder with image tokens kept (B, N, C) contiguous end to end (see :func:`fast_mask_decoder`).
+
+    The image embedding is broadcast over the prompts instead of repeated. ``predict_masks`` returns raster-order
+    logits (B, M, 4h, 4w), or with ``pixel_major_output`` set (the ONNX export) the planes as (B, M, 16hw) in
+    pixel-major order, so that only the planes kept after the mask selection are reordered
+    (:func:`pixel_major_to_raster`).
+    """
+
+    pixel_major_output = False
 
     def predict_masks(
         self,
@@ -222,29 +193,30 @@ class FastMaskDecoder(MaskDecoder):
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.prompt_tokens(sparse_prompt_embeddings)
-        _, c, h, w = image_embeddings.shape
+        h, w = image_embeddings.shape[-2:]
         image_tokens = image_embeddings.flatten(2).transpose(1, 2)  # (1 or B, N, C)
         src = (image_tokens + dense_prompt_embeddings.flatten(2).transpose(1, 2)).contiguous()
         pos_src = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1, N, C), broadcast over the prompts
         hs, src = self.transformer(src, pos_src, tokens)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])
         upscaled = self.output_upscaling(src)  # (B, 16N, C/8), pixels (y, x, dy1, dx1, dy2, dx2)
-        hyper_in = self.hypernetwork_weights(mask_tokens_out)
-        masks = hyper_in @ upscaled.transpose(1, 2)  # (B, M, 16N), pixels (y, x, dy1, dx1, dy2, dx2)
-        return _pixel_major_to_raster(masks, h, w), self.iou_prediction_head(iou_token_out)
+        hyper_in = self.hypernetwork_weights(hs[:, 1 : 1 + self.num_mask_tokens, :])
+        masks = hyper_in @ upscaled.transpose(1, 2)  # (B, M, 16N), same pixel order
+        return (masks if self.pixel_major_output else pixel_major_to_raster(masks, h, w)), iou_pred
 
 
-def _pixel_major_to_raster(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(B, M, 16hw) float32 planes with pixels (y, x, dy1, dx1, dy2, dx2) -> (B, M, 4h, 4w), rows 4y + 2dy1 + dy2.
+def pixel_major_to_raster(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, M, 16hw) planes with pixels (y, x, dy1, dx1, dy2, dx2) -> (B, M, 4h, 4w), rows 4y + 2dy1 + dy2.
 
-    The two dx2 neighbours stay side by side, so each pair moves as one 8-byte int64: a 7-D permute of pairs runs
-    about 10x faster than the 8-D permute of single floats (1.3 ms -> 0.1 ms for 4 planes of 256x256 on 2 threads).
-    Bit-exact; inference only (a dtype view carries no gradient).
+    In eager torch the two dx2 neighbours move together as one integer twice the float's width: a 7-D permute of
+    pairs ran about 10x faster than the 8-D permute of single floats (1.3 -> 0.1 ms for 4 planes of 256x256 on 2
+    threads). Bit-exact either way. A dtype view carries no gradient and does not export, so under autograd and in
+    the ONNX export the plain permute runs.
     """
     b, m, _ = masks.shape
     pair = _PAIR_DTYPES.get(masks.element_size())
-    if pair is None:
+    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    if pair is None or exporting or (masks.requires_grad and torch.is_grad_enabled()):
         blocks = masks.reshape(b, m, h, w, 2, 2, 2, 2)
         return blocks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, m, 4 * h, 4 * w)
     pairs = masks.contiguous().view(pair).reshape(b, m, h, w, 2, 2, 2)  # (y, x, dy1, dx1, dy2) pairs
@@ -259,10 +231,11 @@ _PAIR_DTYPES = {2: torch.int32, 4: torch.int64}
 def fast_mask_decoder(mask_decoder: nn.Module, for_onnx: bool = True) -> nn.Module:
     """A copy of ``mask_decoder`` with the cross-attentions and upscaling rewritten (see the module docstring).
 
-    ``for_onnx=True`` (the export): the copy has ``sub_pixel_order = True`` when the upscaling was rewritten; its
-    low-res logits are then in sub-pixel-major order and must go through :func:`raster_order` (after picking the
-    wanted mask planes). ``for_onnx=False`` (eager torch, the predictor): a :class:`FastMaskDecoder` whose tokens stay
-    channels-last end to end and whose logits come out in raster order.
+    When the decoder has SAM's layout the copy is a :class:`FastMaskDecoder`. ``for_onnx=True`` (the export): its
+    ``pixel_major_output`` is set, so its low-res logits are (B, M, 16hw) planes to pass through
+    :func:`pixel_major_to_raster` after picking the wanted ones, and the image -> token attentions are
+    :class:`FewKeyAttention`. ``for_onnx=False`` (eager torch, the predictor): logits come out in raster order, and
+    the image -> token attentions are :class:`FewKeyAttentionT`.
 
     Modules are copied, parameters shared (the deepcopy memo maps each tensor to itself): the model is untouched.
     """
@@ -275,12 +248,8 @@ def fast_mask_decoder(mask_decoder: nn.Module, for_onnx: bool = True) -> nn.Modu
             module.cross_attn_image_to_token = few_key(module.cross_attn_image_to_token)
         elif isinstance(module, TwoWayTransformer):
             module.final_attn_token_to_image = FewQueryAttention(module.final_attn_token_to_image)
-    if not for_onnx:
-        if type(fast) is MaskDecoder and SubPixelUpscaling.supports(fast.output_upscaling):
-            fast.__class__ = FastMaskDecoder
-            fast.output_upscaling = PixelMajorUpscaling(fast.output_upscaling)
-        return fast
-    if SubPixelUpscaling.supports(fast.output_upscaling):
-        fast.output_upscaling = SubPixelUpscaling(fast.output_upscaling)
-        fast.sub_pixel_order = True
+    if type(fast) is MaskDecoder and PixelMajorUpscaling.supports(fast.output_upscaling):
+        fast.__class__ = FastMaskDecoder
+        fast.output_upscaling = PixelMajorUpscaling(fast.output_upscaling)
+        fast.pixel_major_output = for_onnx
     return fast

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 import segany
-from segany.modeling.fast_decoder import FewKeyAttention, FewQueryAttention, fast_mask_decoder, raster_order
+from segany.modeling.fast_decoder import (
+    FastMaskDecoder,
+    FewKeyAttention,
+    FewQueryAttention,
+    fast_mask_decoder,
+    pixel_major_to_raster,
+)
 from segany.modeling.mask_decoder import MaskDecoder
 from tests.conftest import random_image
 
@@ -37,14 +43,15 @@ def test_fast_decoder_matches_plain(model, multimask, kind, for_onnx):
     box = boxes if "box" in kind else None
     mask = torch.randn(5, 1, 256, 256) * 3 if kind == "mask" else None
     fast = fast_mask_decoder(model.mask_decoder, for_onnx=for_onnx)
-    assert getattr(fast, "sub_pixel_order", False) == for_onnx  # the torch variant returns raster order
+    assert fast.pixel_major_output == for_onnx  # the torch variant returns raster order
     with torch.inference_mode():
         sparse, dense = model.prompt_encoder(points, box, mask)
         pe = model.prompt_encoder.get_dense_pe()
         ref_logits, ref_scores = model.mask_decoder(emb, pe, sparse, dense, multimask)
         logits, scores = fast(emb, pe, sparse, dense, multimask)
         if for_onnx:
-            logits = raster_order(logits)
+            assert logits.dim() == 3
+            logits = pixel_major_to_raster(logits, 64, 64)
     assert logits.shape == ref_logits.shape
     torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
@@ -61,26 +68,16 @@ def test_fast_copy_shares_weights_and_leaves_the_model_alone(model, for_onnx):
     assert len(rewritten) == 2 * len(model.mask_decoder.transformer.layers) + 1
     assert not any(isinstance(m, (FewQueryAttention, FewKeyAttention)) for m in model.mask_decoder.modules())
     assert type(model.mask_decoder) is MaskDecoder
-    assert isinstance(fast, MaskDecoder) and (type(fast) is MaskDecoder) == for_onnx
-
-
-def test_raster_order_inverts_the_sub_pixel_layout():
-    h = w = 3
-    raster = torch.arange(16 * h * w, dtype=torch.float32).reshape(1, 1, 4 * h, 4 * w)
-    # sub-pixel-major: (dy2, dx2, dy1, dx1, y, x) with row = 4y + 2 dy1 + dy2, col = 4x + 2 dx1 + dx2
-    sub = raster.reshape(1, 1, h, 2, 2, w, 2, 2).permute(0, 1, 4, 7, 3, 6, 2, 5).reshape(1, 1, 4 * h, 4 * w)
-    assert torch.equal(raster_order(sub), raster)
+    assert type(fast) is FastMaskDecoder and type(model.mask_decoder) is MaskDecoder
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_pixel_major_to_raster_is_exact_for_every_float_size(dtype):
-    from segany.modeling.fast_decoder import _pixel_major_to_raster
-
     b, m, h, w = 2, 3, 3, 5
     raster = torch.arange(b * m * 16 * h * w).remainder(2039).to(dtype).reshape(b, m, 4 * h, 4 * w)
     # pixel-major: (y, x, dy1, dx1, dy2, dx2) with row = 4y + 2 dy1 + dy2, col = 4x + 2 dx1 + dx2
     major = raster.reshape(b, m, h, 2, 2, w, 2, 2).permute(0, 1, 2, 5, 3, 6, 4, 7).reshape(b, m, 16 * h * w)
-    out = _pixel_major_to_raster(major, h, w)
+    out = pixel_major_to_raster(major, h, w)
     assert out.dtype == dtype and torch.equal(out, raster)
 
 
@@ -136,7 +133,15 @@ def test_fast_decoder_matches_plain_with_sharp_attention(model, for_onnx, monkey
         monkeypatch.setattr(fast_decoder, "flush_tiny", counting_flush)
         logits, scores = fast(emb, pe, sparse, dense, True)
         if for_onnx:
-            logits = raster_order(logits)
+            assert logits.dim() == 3
+            logits = pixel_major_to_raster(logits, 64, 64)
     assert sum(flushed) > 1000  # the case is really exercised
     torch.testing.assert_close(scores, ref_scores, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logits, ref_logits, atol=1e-3, rtol=1e-4)
+
+
+def test_pixel_major_to_raster_keeps_gradients():
+    major = torch.randn(1, 2, 16 * 4 * 4, requires_grad=True)
+    out = pixel_major_to_raster(major, 4, 4)
+    (out * torch.arange(out.numel()).reshape(out.shape)).sum().backward()
+    assert sorted(major.grad.flatten().tolist()) == list(range(out.numel()))  # each input reaches one output
