@@ -159,23 +159,30 @@ def _rle_string_runs(raw: bytes, limit: int) -> np.ndarray:
     stored as a difference to the run two places earlier. Stored values beyond ``limit`` (the pixel count) in
     magnitude are refused before the differences are summed, so the sums cannot overflow.
     """
-    codes = np.frombuffer(raw, np.uint8).astype(np.int64) - 48
+    codes = np.frombuffer(raw, np.uint8)
     if codes.size == 0:
-        return codes
-    bad = np.flatnonzero((codes < 0) | (codes >= 64))
-    if bad.size:
+        return np.zeros(0, np.int64)
+    if codes.min() < 48 or codes.max() >= 112:
+        bad = np.flatnonzero((codes < 48) | (codes >= 112))
         raise InvalidInputError(f"RLE counts string holds a character outside '0'..'o': {chr(raw[bad[0]])!r}")
-    last = (codes & 0x20) == 0  # the last group of a value
-    if not last[-1]:
+    codes = codes - np.uint8(48)
+    ends = np.flatnonzero((codes & 0x20) == 0)  # the last group of each value
+    if ends.size == 0 or ends[-1] != codes.size - 1:
         raise InvalidInputError("RLE counts string is truncated in the middle of a run")
-    ends = np.flatnonzero(last)
-    starts = np.concatenate(([0], ends[:-1] + 1))
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
     groups = ends - starts + 1
-    if groups.max() > 10:
+    most = int(groups.max())
+    if most > 10:
         raise InvalidInputError("RLE counts string holds a run longer than 50 bits")
-    position = np.arange(codes.size) - np.repeat(starts, groups)
-    values = np.add.reduceat((codes & 0x1F) << (5 * position), starts)
-    negative = (codes[ends] & 0x10) != 0
+    # Group k of every value that has one, k at a time: runs are mostly 1-3 groups, so this touches each
+    # character once (with one index array per k) instead of expanding per-character positions.
+    values = (codes[starts] & 0x1F).astype(np.int64)
+    for k in range(1, most):
+        longer = np.flatnonzero(groups > k)
+        values[longer] |= (codes[starts[longer] + k] & 0x1F).astype(np.int64) << (5 * k)
+    negative = np.flatnonzero(codes[ends] & 0x10)
     values[negative] -= np.left_shift(1, 5 * groups[negative])
     if np.abs(values).max() > limit:
         raise InvalidInputError(f"RLE counts hold a run or difference beyond H*W = {limit}")
