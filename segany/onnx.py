@@ -243,7 +243,10 @@ def export_decoder(
     target = path.with_name(path.stem + ".fp32.onnx") if quantize else path
     _export(module, args, target, inputs, outputs, dynamic)
     if quantize:
-        quantize_int8(target, path)
+        # Only the token MLPs (half of the weights) go to int8. On the shipped model and the demo image, 42 masks
+        # against fp32: token MLPs only 0.998 mean IoU (min 0.986), 9.8 MiB; every MatMul/Gemm 0.952 (min 0.46),
+        # 5.2 MiB; the transformer's attention products are what int8 hurts, the MLPs hardly matter.
+        quantize_int8(target, path, only=("/mlp/",))
         target.unlink()
     return ExportReport(path, path.stat().st_size)
 
@@ -261,11 +264,19 @@ def export_encoder(model: Sam, path: str | Path, quantize: bool = False) -> Expo
     return ExportReport(path, path.stat().st_size)
 
 
-def quantize_int8(source: Path, dest: Path) -> None:
-    """Dynamic int8 quantisation of MatMul/Gemm weights (activations stay float)."""
+def quantize_int8(source: Path, dest: Path, only: tuple[str, ...] = ()) -> None:
+    """Dynamic int8 quantisation of MatMul/Gemm weights (activations stay float); with ``only``, just the nodes whose
+    name contains one of those strings."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    chosen = [n.name for n in onnx.load(str(source)).graph.node if any(k in n.name for k in only)] if only else None
+    if only and not chosen:
+        raise ValueError(f"no node of {source} matches {only}")
+    quantize_dynamic(
+        str(source), str(dest), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+        nodes_to_quantize=chosen,
+    )
 
 
 def session(path: str | Path, threads: int | None = None):
