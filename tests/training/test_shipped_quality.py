@@ -8,10 +8,11 @@ import pytest
 
 from segany.training.evaluate import main
 
-#: Measured on these 30 held-out scenes with the shipped weights (see FLOORS_MEASURED_ON), minus a margin for float
-#: differences between machines. A regression that costs the model its localisation (e.g. an encoder normalised with
-#: population instead of per-image statistics: box 0.78 -> 0.65 on the full set) falls well below.
-FLOORS = {"1 click": 0.60, "3 clicks": 0.70, "box": 0.70, "box + 1 click": 0.72, "iou_corr": 0.6}
+#: Measured on these 30 held-out scenes with the shipped weights (session 4: 1 click 0.636, 3 clicks 0.720, box
+#: 0.675, box + 1 click 0.681, correlation 0.746; the 200-scene figures are in docs/shipped_model.md), less about
+#: 0.05 for float differences between machines. Gross regressions (a broken encoder, prompt or post-processing
+#: path) fall well below; the encoder's norm mode has its own test in tests/modeling/test_lite_encoder.py.
+FLOORS = {"1 click": 0.58, "3 clicks": 0.66, "box": 0.62, "box + 1 click": 0.63, "iou_corr": 0.6}
 
 
 @pytest.mark.slow
