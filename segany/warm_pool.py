@@ -10,6 +10,7 @@ thread, and more threads are used only when calls overlap.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections import deque
@@ -61,15 +62,20 @@ class WarmThreadPool(Executor):
     def _work(self, inbox: queue.SimpleQueue) -> None:
         item = inbox.get()
         while item is not None:  # None: the pool shut down while this worker was idle
-            _run(item)
+            settle = _run(item)
             with self._lock:
                 if self._pending:
                     item = self._pending.popleft()
-                    continue
-                if self._shutdown:
-                    return
-                self._idle.append(inbox)
-            item = inbox.get()
+                elif self._shutdown:
+                    item = None
+                else:
+                    item = _WAIT
+                    self._idle.append(inbox)
+            # The result becomes visible only now, after this worker is back on the idle stack: a caller that
+            # submits again as soon as it has the result finds this (warm) worker idle instead of starting a new one.
+            settle()
+            if item is _WAIT:
+                item = inbox.get()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -86,16 +92,23 @@ class WarmThreadPool(Executor):
                 thread.join()
 
 
-def _run(item: _Item) -> None:
+_WAIT = object()
+
+
+def _run(item: _Item) -> Callable[[], None]:
+    """Run one task; returns the call that hands its outcome to the future."""
     future, fn, args, kwargs = item
     if not future.set_running_or_notify_cancel():
-        return
+        return _nothing
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
+        return functools.partial(future.set_exception, exc)
+    return functools.partial(future.set_result, result)
+
+
+def _nothing() -> None:
+    return None
 
 
 __all__ = ["WarmThreadPool"]
