@@ -265,8 +265,8 @@ def export_encoder(model: Sam, path: str | Path, quantize: bool = False) -> Expo
 
 
 def quantize_int8(source: Path, dest: Path, only: tuple[str, ...] = ()) -> None:
-    """Dynamic int8 quantisation of MatMul/Gemm weights (activations stay float); with ``only``, just the nodes whose
-    name contains one of those strings."""
+    """Dynamic int8 quantisation of MatMul/Gemm nodes (int8 weights; activations quantised on the fly at run time);
+    with ``only``, just the nodes whose name contains one of those strings."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

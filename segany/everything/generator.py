@@ -416,10 +416,8 @@ def decode_in_chunks(
             decoder(image_embeddings, image_pe, sparse[i : i + chunk], dense[i : i + chunk], multimask)
             for i in range(0, batch, chunk)
         ]
-        low_res = torch.cat([p[0] for p in parts])
-        return (pixel_major_to_raster(low_res, *image_embeddings.shape[-2:]) if pixel_major else low_res), torch.cat(
-            [p[1] for p in parts]
-        )
+        low_res, iou = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return (pixel_major_to_raster(low_res, *image_embeddings.shape[-2:]) if pixel_major else low_res), iou
     # Chunks of `chunk` prompts, the remainder joining the last one: no pass runs fewer than `chunk` prompts.
     starts = list(range(0, batch - batch % chunk, chunk))
     bounds = [(s, s + chunk) for s in starts[:-1]] + [(starts[-1], batch)]

@@ -9,9 +9,9 @@ plain decoder on random weights):
 - the output upscaling's two ConvTranspose2d (kernel = stride = 2) run as plain matrix products on the image tokens
   kept (B, N, C) channels-last, with the pixels left in pixel-major order (each low-res cell followed by its 2x2 and
   then 2x2 sub-pixels): no col2im scatter of the 8 MiB feature map, no transposed copies, LayerNorm2d as a
-  layer norm over the last axis (onnxruntime's fused LayerNormalization, not a chain of ReduceMean and Pow), the
-  biases next to the GELUs (onnxruntime fuses them into BiasGelu); only the few mask planes are put back in raster
-  order (:class:`PixelMajorUpscaling`, :class:`FastMaskDecoder`, :func:`pixel_major_to_raster`).
+  layer norm over the last axis (onnxruntime's fused LayerNormalization, not a chain of ReduceMean and Pow); only
+  the few mask planes are put back in raster order (:class:`PixelMajorUpscaling`, :class:`FastMaskDecoder`,
+  :func:`pixel_major_to_raster`).
 
 :func:`fast_mask_decoder` returns a rewritten copy that shares the original's parameters; the model is untouched.
 """
