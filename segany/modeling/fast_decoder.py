@@ -33,6 +33,11 @@ from segany.modeling.transformer import TwoWayAttentionBlock, TwoWayTransformer
 TINY_WEIGHT = 2.0**-100
 
 
+def _exporting() -> bool:
+    """True while the module is being traced for the ONNX export (ops must then be exportable)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def flush_tiny(weights: torch.Tensor) -> torch.Tensor:
     """Softmax weights with those below :data:`TINY_WEIGHT` (about 8e-31) set to zero (in place in eager torch).
 
@@ -42,7 +47,7 @@ def flush_tiny(weights: torch.Tensor) -> torch.Tensor:
     of the largest value, far below the float32 rounding of a sum whose largest weight is at least 1/4096. The ONNX
     export gets the same step, so onnxruntime (native or WebAssembly) gains too.
     """
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if _exporting():
         # Relu(w - TINY): two cheap elementwise ops where onnxruntime's broadcasting Where was slow. A weight above
         # 2**-74 is unchanged (TINY is below half its ulp); a smaller one moves by at most TINY.
         return F.relu(weights - TINY_WEIGHT)
@@ -215,8 +220,7 @@ def pixel_major_to_raster(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """
     b, m, _ = masks.shape
     pair = _PAIR_DTYPES.get(masks.element_size())
-    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-    if pair is None or exporting or (masks.requires_grad and torch.is_grad_enabled()):
+    if pair is None or _exporting() or (masks.requires_grad and torch.is_grad_enabled()):
         blocks = masks.reshape(b, m, h, w, 2, 2, 2, 2)
         return blocks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, m, 4 * h, 4 * w)
     pairs = masks.contiguous().view(pair).reshape(b, m, h, w, 2, 2, 2)  # (y, x, dy1, dx1, dy2) pairs
