@@ -13,8 +13,10 @@ model stays frozen here, so the masks do not change, only their scores:
    corrective click after each with the previous logits fed back, as in training. Each decoder call records the IoU
    token (the head's input) and the true IoU, at the original size, of all four mask tokens' masks.
 2. ``fit``: the head is trained on those features alone (no image or decoder passes, seconds per epoch) with SAM's
-   loss for it, the MSE between predicted and true IoU, on all four tokens; the data cached by ``collect`` can be
-   reused (``--cache``).
+   loss for it, the MSE between predicted and true IoU, on all four tokens. The features are cached in ``--out``
+   (keyed by seed, scene count and objects per scene), so a rerun refits without collecting again. The validation
+   split it reports is 10% of the calls (scenes overlap with the training calls); the held-out judgement is
+   ``segany.training.evaluate``.
 3. The model with the new head is written like the shipped weights (fp16 state_dict).
 
 Features are collected with the predictor's ``fast`` precision, as users and the evaluation run it.
