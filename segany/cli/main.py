@@ -26,7 +26,7 @@ from segany.errors import (
 )
 
 #: Subcommand modules, in the order ``--help`` lists them. A missing module is skipped (optional parts).
-COMMANDS = ("serve", "annotate", "embed", "export", "models", "bench", "train", "evaluate")
+COMMANDS = ("serve", "annotate", "embed", "export", "models", "bench", "train", "tune_iou_head", "evaluate")
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -60,7 +60,11 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 #: Subcommands whose arguments all belong to another module's ``main(argv)`` (its own --help included).
-PASSTHROUGH = {"train": "segany.training.train", "evaluate": "segany.training.evaluate"}
+PASSTHROUGH = {
+    "train": "segany.training.train",
+    "tune-iou-head": "segany.training.tune_iou_head",
+    "evaluate": "segany.training.evaluate",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

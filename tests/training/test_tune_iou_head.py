@@ -75,3 +75,13 @@ def test_main_changes_only_the_iou_head_and_reuses_its_cache(tiny_weights: Path,
     assert moved and all(k.startswith("mask_decoder.iou_prediction_head.") for k in moved)
     assert tune_iou_head.main(args) == 0
     assert "features from" in capsys.readouterr().out
+
+
+def test_segany_cli_hands_tune_iou_head_its_arguments(capsys) -> None:
+    from segany.cli.main import build_parser, main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune-iou-head", "--help"])
+    assert exit_info.value.code == 0
+    assert "--scenes" in capsys.readouterr().out  # the module's own parser answered
+    assert "tune-iou-head" in build_parser().format_help()
