@@ -1,7 +1,9 @@
 """Retrain the mask decoder's IoU head of a trained model on the masks the model really makes.
 
-    python -m segany.training.tune_iou_head --weights segany/weights/segany-lite.pt --scenes 1500 \\
+    segany tune-iou-head --weights segany/weights/segany-lite.pt --scenes 2000 \\
         --out runs/iou_head --export runs/iou_head/segany-lite.pt
+
+(or ``python -m segany.training.tune_iou_head ...``; the shipped model's stage 8 was this command).
 
 The IoU head (a 3-layer MLP on the decoder's IoU token) scores each candidate mask; with a multimask click the
 highest score picks the mask a user gets. After the whole-model training the picked 1-click mask is far worse than
@@ -75,7 +77,7 @@ def collect(
     tokens: list[np.ndarray] = []
     targets: list[np.ndarray] = []
 
-    def call(emb, gt: np.ndarray, **prompt) -> np.ndarray:
+    def call(emb, gt: np.ndarray, **prompt):
         res = predictor.predict(emb, **prompt)
         low = recorder.logits.float().cpu().numpy()  # (1, 4, 256, 256)
         full = upscale_masks_fast(low, emb.input_size, emb.original_size, predictor.image_size, MASK_THRESHOLD)[0]
