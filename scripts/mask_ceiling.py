@@ -22,18 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segany.training.evaluate import iou  # noqa: E402
-from segany.training.synthetic import EVAL_SETTINGS, generate_scene  # noqa: E402
-from segany.transforms import upscale_logits  # noqa: E402
+from segany.training.evaluate import held_out_objects, iou  # noqa: E402
+from segany.transforms import input_size_for, upscale_logits  # noqa: E402
 
 AREA_BINS = ((0.0, 0.005), (0.005, 0.02), (0.02, 0.08), (0.08, 1.0))
 
 
 def best_low_res_logits(gt: np.ndarray, target: int = 1024) -> tuple[torch.Tensor, tuple[int, int]]:
     """(1, 1, 256, 256) logits of ``gt`` as the predictor frames it, and the input size (h, w) before padding."""
-    h, w = gt.shape
-    scale = target / max(h, w)
-    ih, iw = int(h * scale + 0.5), int(w * scale + 0.5)
+    ih, iw = input_size_for(gt.shape, target)
     padded = np.zeros((target, target), np.float32)
     padded[:ih, :iw] = cv2.resize(gt.astype(np.float32), (iw, ih), interpolation=cv2.INTER_AREA)
     coverage = cv2.resize(padded, (target // 4, target // 4), interpolation=cv2.INTER_AREA)
@@ -46,10 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=12345)
     args = ap.parse_args(argv)
     ious, areas = [], []
-    for i in range(args.n):
-        scene = generate_scene(EVAL_SETTINGS, args.seed, i)
-        rng = np.random.default_rng([args.seed, i, 99])  # the evaluation's pick (per_image 1)
-        gt = scene.masks[int(rng.choice(len(scene.masks), 1, replace=False)[0])]
+    for scene, picks in held_out_objects(args.n, args.seed, per_image=1):
+        gt = scene.masks[int(picks[0])]
         logits, input_size = best_low_res_logits(gt)
         mask = (upscale_logits(logits, input_size, gt.shape) > 0)[0, 0].numpy()
         ious.append(iou(mask, gt))

@@ -97,6 +97,14 @@ def evaluate_object(predictor, emb, gt: np.ndarray) -> tuple[dict[str, float], l
 PROTOCOLS = ("1 click", "3 clicks", "box", "box + 1 click")
 
 
+def held_out_objects(n: int, seed: int, per_image: int):
+    """The evaluation's scenes and picks: yields (scene, indices of its ``per_image`` randomly drawn objects)."""
+    for i in range(n):
+        scene = generate_scene(EVAL_SETTINGS, seed, i)
+        rng = np.random.default_rng([seed, i, 99])
+        yield scene, rng.choice(len(scene.masks), min(per_image, len(scene.masks)), replace=False)
+
+
 def run(weights: str | None, n: int, seed: int, per_image: int, precision: str) -> dict[str, float]:
     """Evaluate; returns {protocol: mIoU, "iou_corr": Pearson r, "objects": count, "seconds": wall time}."""
     from segany.models import load_model
@@ -107,10 +115,7 @@ def run(weights: str | None, n: int, seed: int, per_image: int, precision: str) 
     scores: dict[str, list[float]] = {p: [] for p in PROTOCOLS}
     pairs: list[tuple[float, float]] = []
     t0 = time.time()
-    for i in range(n):
-        scene = generate_scene(EVAL_SETTINGS, seed, i)
-        rng = np.random.default_rng([seed, i, 99])
-        picks = rng.choice(len(scene.masks), min(per_image, len(scene.masks)), replace=False)
+    for scene, picks in held_out_objects(n, seed, per_image):
         emb = predictor.encode(scene.image)
         for j in picks:
             result, p = evaluate_object(predictor, emb, scene.masks[j])
