@@ -39,6 +39,12 @@ def jittered_box(rng: np.random.Generator, mask: np.ndarray, noise_frac: float, 
     return box.astype(np.float32)
 
 
+def sam_jittered_box(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """:func:`jittered_box` with SAM's training noise: 10% of the side, clipped to 20 px at a 1024 long side (scaled
+    to the long side of ``mask``'s frame)."""
+    return jittered_box(rng, mask, 0.1, 20.0 * max(mask.shape) / 1024)
+
+
 def _largest_error_region(error: np.ndarray) -> np.ndarray | None:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(error.astype(np.uint8), connectivity=8)
     if n <= 1:

@@ -44,7 +44,7 @@ from segany.modeling.lite_encoder import LiteEncoder
 from segany.modeling.sam import PIXEL_MEAN, PIXEL_STD
 from segany.models import assemble
 from segany.training.losses import sam_loss
-from segany.training.prompts import corrective_click, jittered_box, random_point_inside
+from segany.training.prompts import corrective_click, random_point_inside, sam_jittered_box
 from segany.training.synthetic import TRAIN_SETTINGS, GeneratorSettings, generate_scene
 
 
@@ -129,7 +129,7 @@ class SceneStream(IterableDataset):
             if j < n_points:
                 points[j] = random_point_inside(rng, m)
             else:
-                boxes[j - n_points] = jittered_box(rng, m, 0.1, 20.0 * s / 1024)
+                boxes[j - n_points] = sam_jittered_box(rng, m)  # m is (h, w) with max(h, w) = s
         return {
             "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
             "gt": torch.from_numpy(gt),

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from segany.training.evaluate import iou
-from segany.training.prompts import corrective_click, jittered_box, random_point_inside
+from segany.training.prompts import corrective_click, random_point_inside, sam_jittered_box
 from segany.training.synthetic import TRAIN_SETTINGS, generate_scene
 
 #: Seed stream of the scenes used here (training stages used seeds 0-5; the evaluation has its own settings).
@@ -100,7 +100,7 @@ def collect(
             if fix is not None:
                 call(emb, gt, points=np.array([click, fix[0]]), labels=np.array([1, fix[1]]),
                      mask_input=res.low_res_logits[best][None], multimask=False)
-            box = jittered_box(rng, gt, 0.1, 20.0 * max(gt.shape) / 1024)
+            box = sam_jittered_box(rng, gt)
             res = call(emb, gt, box=box, multimask=False)
             fix = corrective_click(rng, res.masks[0], gt)
             if fix is not None:
