@@ -3,6 +3,8 @@
 Each subcommand lives in its own module under ``segany.cli`` and exposes ``register(subparsers)``, which adds its
 parser and sets ``func`` (a callable taking the parsed namespace and returning an exit code). Modules are imported
 only when listed here, and heavy imports (torch, grpc) happen inside ``func``, so ``segany --help`` is fast.
+``train``, ``tune-iou-head`` and ``evaluate`` hand all their arguments to a training module's own ``main`` (see
+``PASSTHROUGH``).
 
 Exit codes: 0 success, 1 partial failure (some inputs skipped, reported), 2 bad usage or bad input,
 3 a required resource is unavailable (model file, server), 130 interrupted.
@@ -26,7 +28,15 @@ from segany.errors import (
 )
 
 #: Subcommand modules, in the order ``--help`` lists them. A missing module is skipped (optional parts).
-COMMANDS = ("serve", "annotate", "embed", "export", "models", "bench", "train", "tune_iou_head", "evaluate")
+COMMANDS = ("serve", "annotate", "embed", "export", "models", "bench")
+
+#: Subcommands whose arguments all belong to another module's ``main(argv)`` (its own --help included), listed
+#: after COMMANDS in ``--help``: name -> (module, one-line help).
+PASSTHROUGH = {
+    "train": ("segany.training.train", "train the small shipped model on synthetic scenes"),
+    "tune-iou-head": ("segany.training.tune_iou_head", "retrain a trained model's IoU head on its own masks"),
+    "evaluate": ("segany.training.evaluate", "held-out mIoU and IoU calibration of a model"),
+}
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -47,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for name, (_, text) in PASSTHROUGH.items():  # listed for --help only: main() hands their arguments over
+        sub.add_parser(name, help=f"{text} (see `segany {name} --help`)")
     return parser
 
 
@@ -59,18 +71,12 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_PARTIAL
 
 
-#: Subcommands whose arguments all belong to another module's ``main(argv)`` (its own --help included).
-PASSTHROUGH = {
-    "train": "segany.training.train",
-    "tune-iou-head": "segany.training.tune_iou_head",
-    "evaluate": "segany.training.evaluate",
-}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASSTHROUGH:
-        return int(importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]) or 0)
+        return int(importlib.import_module(PASSTHROUGH[argv[0]][0]).main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
