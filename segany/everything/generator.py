@@ -27,7 +27,7 @@ import torch
 from segany.embedding import ImageEmbedding
 from segany.errors import InvalidInputError
 from segany.images import as_rgb_uint8
-from segany.masks import encode_rle_batch, masks_to_boxes_xyxy
+from segany.masks import encode_rle_batch, mask_area, masks_to_boxes_xyxy
 from segany.modeling.fast_decoder import FastMaskDecoder, pixel_major_to_raster
 from segany.predictor import MASK_THRESHOLD, Predictor
 from segany.transforms import coords_to_input, upscale_logits
@@ -349,7 +349,7 @@ class AutomaticMaskGenerator:
         for start in range(0, count, chunk):
             ids = range(start, min(count, start + chunk))
             full = np.stack([_unpack_full(masks, i, image_size) for i in ids])
-            areas = np.count_nonzero(full, axis=(1, 2))
+            areas = mask_area(full)
             if mode == "coco_rle":
                 segmentations = encode_rle_batch(full)
             elif mode == "uncompressed_rle":
