@@ -268,3 +268,43 @@ def test_one_bad_image_in_a_batch_fails_only_itself(tiny_model):
         Predictor.encode_batch = original
     assert len(first.image_id) == 64 and len(good.image_id) == 64
     assert isinstance(bad, RuntimeError) and "encoder exploded" in str(bad)
+
+
+class ThreadCountPredictor(Predictor):
+    """The real predictor, recording torch's thread count inside each decode; ``barrier`` holds decodes together."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.seen: list[int] = []
+        self.barrier: threading.Barrier | None = None
+
+    def predict_low_res(self, *args, **kwargs):
+        import torch
+
+        self.seen.append(torch.get_num_threads())
+        if self.barrier is not None:
+            self.barrier.wait(20)
+        return super().predict_low_res(*args, **kwargs)
+
+
+def test_concurrent_decodes_share_the_decode_threads(tiny_model):
+    predictor = ThreadCountPredictor(tiny_model)
+    engine = Engine(predictor, MemoryCache(64 << 20), EngineSettings(decode_workers=2, decode_threads=4))
+    prompt = make_prompt((48, 64), [[10, 10]], [1])
+
+    async def main():
+        embedding = (await engine.embed_bytes(png(0))).embedding
+        await engine.segment(embedding, [prompt])  # alone: all four threads
+        predictor.barrier = threading.Barrier(2)  # two decodes inside the decoder at once: two threads each
+        together = await asyncio.gather(engine.segment(embedding, [prompt]), engine.segment(embedding, [prompt]))
+        predictor.barrier = None
+        await engine.segment(embedding, [prompt])  # alone again: back to four
+        await engine.close()
+        return together
+
+    together = asyncio.run(main())
+    assert predictor.seen[0] == 4
+    assert sorted(predictor.seen[1:3]) == [2, 4]  # the first to start had all four; the second joined with its share
+    assert predictor.seen[3] == 4
+    # Another thread count may sum in another order: the same answer to float rounding.
+    np.testing.assert_allclose(together[0][0].scores, together[1][0].scores, rtol=1e-5, atol=1e-6)
