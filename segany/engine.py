@@ -25,7 +25,6 @@ import contextvars
 import hashlib
 import logging
 import re
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -49,7 +48,7 @@ from segany.images import DEFAULT_LIMITS, ImageLimits, as_rgb_uint8, decode_imag
 from segany.mask_outputs import MaskStore, OutputSpec, PromptOutput, render_outputs
 from segany.predictor import Predictor
 from segany.prompts import LOW_RES_SIZE, MAX_POINTS_PER_PROMPT, Prompt
-from segany.warm_pool import WarmThreadPool
+from segany.warm_pool import ThreadShare, WarmThreadPool
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +81,9 @@ class EngineSettings:
             one image is always admitted to an empty queue.
         decode_workers: threads for decoder calls.
         decode_threads: torch (OpenMP) threads a lone decoder call uses; decoder calls that run at the same time
-            share them, ``decode_threads // running`` each (at least 1), instead of each starting a team of
-            ``decode_threads``. ``None``: torch's thread count when the engine is made.
+            as others (decodes or an encode) get ``decode_threads // running`` each, at least 1
+            (:class:`~segany.warm_pool.ThreadShare`); the encoder always takes them all. ``None``: torch's thread
+            count when the engine is made.
         prepare_workers: threads for hashing/decoding image bytes and for blocking cache tiers.
         image_limits: what uploaded images may be.
         max_prompts: prompts per segment call.
@@ -172,9 +172,7 @@ class Engine:
         self._worker: asyncio.Task | None = None
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="segany-encode")
         self._decode_pool = WarmThreadPool(self.settings.decode_workers, thread_name_prefix="segany-decode")
-        self._decode_threads = self.settings.decode_threads or torch.get_num_threads()
-        self._decoding = 0  # decoder calls running now (on the decode pool's threads)
-        self._decoding_lock = threading.Lock()
+        self._threads = ThreadShare(self.settings.decode_threads)  # split between concurrent encodes and decodes
         self._prepare_pool = ThreadPoolExecutor(self.settings.prepare_workers, thread_name_prefix="segany-prepare")
 
     # ------------------------------------------------------------------------------------------------ lifecycle
@@ -189,7 +187,7 @@ class Engine:
         """One encode and one decode on a small synthetic image (first calls allocate and pick kernels)."""
         image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
         loop = asyncio.get_running_loop()
-        embedding = await loop.run_in_executor(self._encode_pool, self.predictor.encode, image)
+        embedding = await loop.run_in_executor(self._encode_pool, self._encode_one, image)
         prompt = Prompt(np.array([[48.0, 32.0]]), np.array([1]))
         await loop.run_in_executor(
             self._decode_pool, self._decode_sync, embedding, [prompt], True, OutputSpec(), False
@@ -403,10 +401,19 @@ class Engine:
                     outcome = (outcome, False)
                 self._finish(job, outcome)
 
+    def _encode_one(self, image: np.ndarray) -> ImageEmbedding:
+        with self._threads.use(claim_all=True):
+            return self.predictor.encode(image)
+
     def _encode_sync(self, batch: list[_EncodeJob]) -> list:
-        """Embeddings for a batch; when the batch fails, each image alone, so one bad image fails only itself."""
+        """Embeddings for a batch; when the batch fails, each image alone, so one bad image fails only itself.
+
+        The encoder takes all the torch threads (an encode is long and its caller waits for it), and counts: a
+        decode that starts during it runs on a share.
+        """
         try:
-            return list(self.predictor.encode_batch([job.image for job in batch if job.image is not None]))
+            with self._threads.use(claim_all=True):
+                return list(self.predictor.encode_batch([job.image for job in batch if job.image is not None]))
         except Exception as exc:  # noqa: BLE001 - becomes the jobs' outcome, never the loop's end
             if len(batch) == 1:
                 log.exception("encoder failed on image %s", batch[0].key)
@@ -470,32 +477,10 @@ class Engine:
                 self._decode_pool, self._decode_sync, embedding, list(prompts), multimask, spec, keep_masks
             )
 
-    @contextlib.contextmanager
-    def _decode_thread_share(self) -> Iterator[None]:
-        """Run the body with this thread's share of the decode threads (see ``EngineSettings.decode_threads``).
-
-        torch's thread count is per calling thread (an OpenMP setting), so each decode worker sets its own. Two
-        concurrent decodes with two threads each put four busy threads on two cores; one thread each served
-        28.5-29.1 clicks/s against 17.1-23.2 (8 clients, shipped model, 2 cores), while a lone click keeps both.
-        A worker changes its count only when the share changes (a change costs about 0.7 ms). Results do not depend
-        on the share beyond float rounding (a thread count can change the order of a sum).
-        """
-        with self._decoding_lock:
-            self._decoding += 1
-            running = self._decoding
-        threads = max(1, self._decode_threads // running)
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            with self._decoding_lock:
-                self._decoding -= 1
-
     def _decode_sync(
         self, embedding: ImageEmbedding, prompts: list[Prompt], multimask: bool, spec: OutputSpec, keep: bool
     ) -> list[PromptOutput]:
-        with self._decode_thread_share(), torch.inference_mode():
+        with self._threads.use(), torch.inference_mode():
             low_res, scores = self.predictor.predict_low_res(embedding, prompts, multimask)
             outputs = render_outputs(
                 low_res, scores, embedding.input_size, embedding.original_size, self.predictor.image_size, spec,

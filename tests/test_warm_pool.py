@@ -1,4 +1,5 @@
-"""WarmThreadPool: last-idle-first dispatch, bounded threads, futures and shutdown as ThreadPoolExecutor."""
+"""WarmThreadPool: last-idle-first dispatch, bounded threads, futures and shutdown as ThreadPoolExecutor;
+ThreadShare: concurrent users split the torch threads."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from concurrent.futures import CancelledError
 
 import pytest
 
-from segany.warm_pool import WarmThreadPool
+from segany.warm_pool import ThreadShare, WarmThreadPool
 
 
 def test_sequential_calls_stay_on_one_thread():
@@ -61,8 +62,17 @@ def test_at_most_max_workers_run_at_once_and_the_rest_queue_in_order():
     finally:
         pool.shutdown()
     assert peak == 2
-    assert sorted(order[2:]) == order[2:]  # queued tasks start in submission order
     assert len(pool._threads) == 2
+    # Queued tasks start in submission order. With two workers, two tasks taken in order can still reach their
+    # first line in either order, so the order is checked on one worker.
+    single = WarmThreadPool(1)
+    order.clear()
+    try:
+        for f in [single.submit(task, i) for i in range(8)]:
+            f.result(timeout=10)
+    finally:
+        single.shutdown()
+    assert order == list(range(8))
 
 
 def test_exceptions_reach_the_caller_and_the_worker_survives():
@@ -123,3 +133,42 @@ def test_idle_workers_exit_on_shutdown():
 def test_needs_a_worker():
     with pytest.raises(ValueError):
         WarmThreadPool(0)
+
+
+def test_thread_share_splits_the_budget_between_concurrent_users():
+    import torch
+
+    share = ThreadShare(4)
+    seen: dict[str, int] = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with share.use() as n:
+            seen["first"] = n
+            seen["first_torch"] = torch.get_num_threads()
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert inside.wait(10)
+
+    def second() -> None:
+        with share.use() as n:
+            seen["second"], seen["second_torch"] = n, torch.get_num_threads()
+        with share.use(claim_all=True) as n:  # takes the whole budget, and counts while it runs
+            seen["claimed"], seen["claimed_running"] = n, share.running
+
+    u = threading.Thread(target=second)
+    u.start()
+    u.join(10)
+    release.set()
+    t.join(10)
+    assert seen == {"first": 4, "first_torch": 4, "second": 2, "second_torch": 2, "claimed": 4, "claimed_running": 2}
+    assert share.running == 0
+    before = torch.get_num_threads()
+    try:
+        with share.use() as n:  # alone again: the whole budget
+            assert n == 4 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)  # this is pytest's main thread
