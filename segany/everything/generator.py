@@ -395,7 +395,8 @@ def decode_in_chunks(
     parity test runs through it).
 
     ``decoder`` replaces ``model.mask_decoder``, e.g. ``Predictor.mask_decoder`` (in ``fast`` precision the rewritten
-    decoder of :mod:`segany.modeling.fast_decoder`: same values to float rounding, not bit for bit).
+    decoder of :mod:`segany.modeling.fast_decoder`: same values to float rounding, not bit for bit; it is called
+    once and runs its own passes of ``PROMPTS_PER_PASS`` prompts, heads included).
 
     Args:
         coords: (B, N, 2) clicks in the input frame with labels (B, N), or None; boxes: (B, 4) input frame, or None.
@@ -407,16 +408,9 @@ def decode_in_chunks(
     pixel_major = getattr(decoder, "pixel_major_output", False)  # the ONNX variant of the fast decoder
     sparse, dense = prompt_encoder(None if coords is None else (coords, labels), boxes, None)
     batch = sparse.shape[0]
-    if batch < 2 * chunk:
+    # The fast decoder is not bit-exact anyway and runs its own passes (fast_decoder.PROMPTS_PER_PASS).
+    if batch < 2 * chunk or isinstance(decoder, FastMaskDecoder):
         low_res, iou = decoder(image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense, multimask)
-        return (pixel_major_to_raster(low_res, *image_embeddings.shape[-2:]) if pixel_major else low_res), iou
-    if isinstance(decoder, FastMaskDecoder):  # not bit-exact anyway: whole chunks through the decoder itself
-        image_pe = prompt_encoder.get_dense_pe()
-        parts = [
-            decoder(image_embeddings, image_pe, sparse[i : i + chunk], dense[i : i + chunk], multimask)
-            for i in range(0, batch, chunk)
-        ]
-        low_res, iou = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return (pixel_major_to_raster(low_res, *image_embeddings.shape[-2:]) if pixel_major else low_res), iou
     # Chunks of `chunk` prompts, the remainder joining the last one: no pass runs fewer than `chunk` prompts.
     starts = list(range(0, batch - batch % chunk, chunk))

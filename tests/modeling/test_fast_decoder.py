@@ -145,3 +145,29 @@ def test_pixel_major_to_raster_keeps_gradients():
     out = pixel_major_to_raster(major, 4, 4)
     (out * torch.arange(out.numel()).reshape(out.shape)).sum().backward()
     assert sorted(major.grad.flatten().tolist()) == list(range(out.numel()))  # each input reaches one output
+
+
+def test_many_prompts_run_in_passes_with_the_one_pass_values(model, monkeypatch):
+    torch.manual_seed(1)
+    emb = torch.randn(1, 256, 64, 64)
+    coords, labels, boxes = _prompts(5, seed=7)
+    fast = fast_mask_decoder(model.mask_decoder, for_onnx=False)
+    passes: list[int] = []
+    original = FastMaskDecoder._predict_pass
+
+    def counting(self, image_embeddings, image_pe, sparse, dense):
+        passes.append(sparse.shape[0])
+        return original(self, image_embeddings, image_pe, sparse, dense)
+
+    monkeypatch.setattr(FastMaskDecoder, "_predict_pass", counting)
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder((coords, labels), boxes, None)
+        pe = model.prompt_encoder.get_dense_pe()
+        logits, scores = fast(emb, pe, sparse, dense, True)
+        assert passes == [2, 2, 1]  # PROMPTS_PER_PASS at a time
+        passes.clear()
+        fast.prompts_per_pass = 8
+        whole_logits, whole_scores = fast(emb, pe, sparse, dense, True)
+        assert passes == [5]
+    torch.testing.assert_close(scores, whole_scores, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, whole_logits, atol=1e-4, rtol=1e-4)
