@@ -80,10 +80,10 @@ class EngineSettings:
         max_queue_bytes: most decoded pixel bytes waiting (a few 50 MP images weigh as much as many photos);
             one image is always admitted to an empty queue.
         decode_workers: threads for decoder calls.
-        decode_threads: torch (OpenMP) threads a lone decoder call uses; decoder calls that run at the same time
-            as others (decodes or an encode) get ``decode_threads // running`` each, at least 1
-            (:class:`~segany.warm_pool.ThreadShare`); the encoder always takes them all. ``None``: torch's thread
-            count when the engine is made.
+        torch_threads: the engine's budget of torch (OpenMP) threads. The encoder and a lone decoder call use
+            all of them; a decoder call that starts while others run (decodes or an encode) gets
+            ``torch_threads // running``, at least 1 (:class:`~segany.warm_pool.ThreadShare`). ``None``: torch's
+            thread count when the engine is made.
         prepare_workers: threads for hashing/decoding image bytes and for blocking cache tiers.
         image_limits: what uploaded images may be.
         max_prompts: prompts per segment call.
@@ -95,7 +95,7 @@ class EngineSettings:
     max_queue: int = 64
     max_queue_bytes: int = 1 << 30
     decode_workers: int = 2
-    decode_threads: int | None = None
+    torch_threads: int | None = None
     prepare_workers: int = 2
     image_limits: ImageLimits = DEFAULT_LIMITS
     max_prompts: int = 64
@@ -172,7 +172,7 @@ class Engine:
         self._worker: asyncio.Task | None = None
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="segany-encode")
         self._decode_pool = WarmThreadPool(self.settings.decode_workers, thread_name_prefix="segany-decode")
-        self._threads = ThreadShare(self.settings.decode_threads)  # split between concurrent encodes and decodes
+        self._threads = ThreadShare(self.settings.torch_threads)  # split between concurrent encodes and decodes
         self._prepare_pool = ThreadPoolExecutor(self.settings.prepare_workers, thread_name_prefix="segany-prepare")
 
     # ------------------------------------------------------------------------------------------------ lifecycle

@@ -9,9 +9,10 @@ rotating over four. :class:`WarmThreadPool` keeps its idle workers on a stack: s
 thread, and more threads are used only when calls overlap.
 
 :class:`ThreadShare` splits a budget of torch (OpenMP) threads between the threads that run torch work at the same
-time. Each thread that calls torch drives its own OpenMP team of ``torch.get_num_threads()`` threads, and that count
-is per calling thread; two concurrent 2-thread decodes put four busy threads on two cores, and with the passive
-OpenMP waits `segany serve` uses, they lose more to each other than they gain.
+time. Each thread that calls torch drives its own OpenMP team of ``torch.get_num_threads()`` threads, and
+``torch.set_num_threads`` changes the calling thread's team (it also sets the default a thread adopts at its first
+torch call). Two concurrent 2-thread decodes put four busy threads on two cores, and with the passive OpenMP waits
+`segany serve` uses, they lose more to each other than they gain.
 """
 
 from __future__ import annotations
@@ -104,9 +105,12 @@ class ThreadShare:
 
     ``with share.use():`` runs its body with ``threads // running`` torch threads (at least 1), ``running`` counting
     this body and the others inside ``use`` right now; ``use(claim_all=True)`` takes the whole budget for itself but
-    still counts, so work that starts beside it gets a share. The share is fixed when the body starts. A thread
-    changes its count only when its share changes (a change costs about 0.7 ms here). Results do not depend on the
-    share beyond float rounding (a thread count can change the order of a sum).
+    still counts, so work that starts beside it gets a share. The share is fixed when the body starts, so while work
+    overlaps the first body may keep more than its share (two bodies on a budget of 2 run 2 + 1 threads until the
+    first ends). A thread changes its count only when its share changes (a change costs about 0.7 ms here); the last
+    body to leave sets the whole budget again, so that threads which first call torch later (outside any share)
+    adopt the budget, not a share. Results do not depend on the share beyond float rounding (a thread count can
+    change the order of a sum).
 
     Measured (session 6, 2 cores, shipped model, 8 clients on the server): one thread per concurrent decode served
     24.8-28.5 clicks/s against 17.1-23.2 with two each, and a lone click keeps both threads.
@@ -139,6 +143,9 @@ class ThreadShare:
         finally:
             with self._lock:
                 self._running -= 1
+                last = self._running == 0
+            if last and torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)  # also the default of threads that start using torch later
 
 
 _WAIT = object()

@@ -288,8 +288,11 @@ class ThreadCountPredictor(Predictor):
 
 
 def test_concurrent_decodes_share_the_decode_threads(tiny_model):
+    import torch
+
+    before = torch.get_num_threads()  # the share's last user sets its budget as the default for new threads
     predictor = ThreadCountPredictor(tiny_model)
-    engine = Engine(predictor, MemoryCache(64 << 20), EngineSettings(decode_workers=2, decode_threads=4))
+    engine = Engine(predictor, MemoryCache(64 << 20), EngineSettings(decode_workers=2, torch_threads=4))
     prompt = make_prompt((48, 64), [[10, 10]], [1])
 
     async def main():
@@ -302,7 +305,10 @@ def test_concurrent_decodes_share_the_decode_threads(tiny_model):
         await engine.close()
         return together
 
-    together = asyncio.run(main())
+    try:
+        together = asyncio.run(main())
+    finally:
+        torch.set_num_threads(before)
     assert predictor.seen[0] == 4
     assert sorted(predictor.seen[1:3]) == [2, 4]  # the first to start had all four; the second joined with its share
     assert predictor.seen[3] == 4

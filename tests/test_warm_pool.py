@@ -159,16 +159,25 @@ def test_thread_share_splits_the_budget_between_concurrent_users():
         with share.use(claim_all=True) as n:  # takes the whole budget, and counts while it runs
             seen["claimed"], seen["claimed_running"] = n, share.running
 
-    u = threading.Thread(target=second)
-    u.start()
-    u.join(10)
-    release.set()
-    t.join(10)
-    assert seen == {"first": 4, "first_torch": 4, "second": 2, "second_torch": 2, "claimed": 4, "claimed_running": 2}
-    assert share.running == 0
     before = torch.get_num_threads()
     try:
+        u = threading.Thread(target=second)
+        u.start()
+        u.join(10)
+        assert not u.is_alive()
+        release.set()
+        t.join(10)
+        assert not t.is_alive()
+        assert seen == {"first": 4, "first_torch": 4, "second": 2, "second_torch": 2, "claimed": 4,
+                        "claimed_running": 2}
+        assert share.running == 0
+        # The last user out set the budget again: a thread that starts using torch now adopts it, not a share.
+        fresh: list[int] = []
+        v = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        v.start()
+        v.join(10)
+        assert fresh == [4]
         with share.use() as n:  # alone again: the whole budget
             assert n == 4 == torch.get_num_threads()
     finally:
-        torch.set_num_threads(before)  # this is pytest's main thread
+        torch.set_num_threads(before)  # this is pytest's main thread (and the default of new threads)

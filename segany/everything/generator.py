@@ -189,7 +189,8 @@ class AutomaticMaskGenerator:
         self.point_grids = settings.grids()
         #: side of the square model input (1024 for the SAM family)
         self.image_size = predictor.image_size if predictor is not None else 1024
-        #: prompts per pass of the decoder's image-side work (see :func:`decode_in_chunks`).
+        #: prompts per pass of the exact decoder's image-side work (see :func:`decode_in_chunks`; the ``fast``
+        #: decoder runs its own passes of ``fast_decoder.PROMPTS_PER_PASS``).
         self.decoder_chunk = DECODER_CHUNK
 
     # ------------------------------------------------------------------------------------------- public API

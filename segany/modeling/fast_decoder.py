@@ -6,9 +6,10 @@ plain decoder on random weights):
 - the three token -> image and two image -> token cross-attentions move their projections to the small side (the
   prompt tokens) by associativity, so the 4096 image tokens are never projected: about 40% fewer multiply-adds per
   prompt (:class:`FewQueryAttention`, :class:`FewKeyAttention`);
-- in eager torch, many prompts go through the decoder :data:`PROMPTS_PER_PASS` at a time: the image-side work is
-  per prompt and memory-bound (each prompt carries its own (4096, 256) image tokens and (65536, 32) upscaled
-  features), and one pass over 16 prompts spent 51-55 ms per prompt against 29-33 ms in passes of 2 (2 threads);
+- in eager torch on the CPU, many prompts go through the decoder :data:`PROMPTS_PER_PASS` at a time: the
+  image-side work is per prompt and memory-bound (each prompt carries its own (4096, 256) image tokens and
+  (65536, 32) upscaled features), and one pass over 16 prompts spent 51-55 ms per prompt against 29-33 ms in
+  passes of 2 (2 threads);
 - the output upscaling's two ConvTranspose2d (kernel = stride = 2) run as plain matrix products on the image tokens
   kept (B, N, C) channels-last, with the pixels left in pixel-major order (each low-res cell followed by its 2x2 and
   then 2x2 sub-pixels): no col2im scatter of the 8 MiB feature map, no transposed copies, LayerNorm2d as a
@@ -188,9 +189,10 @@ class PixelMajorUpscaling(nn.Module):
 class FastMaskDecoder(MaskDecoder):
     """The mask decoder with image tokens kept (B, N, C) contiguous end to end (see :func:`fast_mask_decoder`).
 
-    The image embedding is broadcast over the prompts instead of repeated. ``predict_masks`` returns raster-order
-    logits (B, M, 4h, 4w), or with ``pixel_major_output`` set (the ONNX export) the planes as (B, M, 16hw) in
-    pixel-major order, so that only the planes kept after the mask selection are reordered
+    The image embedding is broadcast over the prompts instead of repeated. On the CPU, more than
+    ``prompts_per_pass`` prompts (:data:`PROMPTS_PER_PASS`) go through in passes of that many. ``predict_masks``
+    returns raster-order logits (B, M, 4h, 4w), or with ``pixel_major_output`` set (the ONNX export) the planes as
+    (B, M, 16hw) in pixel-major order, so that only the planes kept after the mask selection are reordered
     (:func:`pixel_major_to_raster`).
     """
 
@@ -205,7 +207,8 @@ class FastMaskDecoder(MaskDecoder):
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, step = sparse_prompt_embeddings.shape[0], self.prompts_per_pass
-        if batch <= step or _exporting():  # the ONNX graph takes any batch in one pass
+        # One pass: few prompts, an ONNX graph (any batch in one run), or an accelerator (measured on the CPU only).
+        if batch <= step or _exporting() or image_embeddings.device.type != "cpu":
             return self._predict_pass(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         parts = []
         for i in range(0, batch, step):

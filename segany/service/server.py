@@ -126,6 +126,7 @@ async def create_server(settings: Settings | None = None, model=None) -> tuple[S
             max_queue=settings.encode_queue,
             max_queue_bytes=settings.encode_queue_bytes,
             decode_workers=settings.decode_workers,
+            torch_threads=settings.torch_threads,
             image_limits=ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.max_image_side),
             max_prompts=settings.max_prompts_per_request,
             max_points=settings.max_points_per_prompt,

@@ -171,3 +171,35 @@ def test_many_prompts_run_in_passes_with_the_one_pass_values(model, monkeypatch)
         assert passes == [5]
     torch.testing.assert_close(scores, whole_scores, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logits, whole_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_passes_slice_per_prompt_embeddings(model):
+    # One image per prompt, (B, C, h, w), as a caller decoding prompts on different images would send.
+    torch.manual_seed(2)
+    coords, labels, _ = _prompts(5, seed=3)
+    fast = fast_mask_decoder(model.mask_decoder, for_onnx=False)
+    emb = torch.randn(5, 256, 64, 64)
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder((coords, labels), None, None)
+        pe = model.prompt_encoder.get_dense_pe()
+        logits, scores = fast(emb, pe, sparse, dense, True)
+        for i in range(5):  # each prompt alone, on its own image
+            one_logits, one_scores = fast(emb[i : i + 1], pe, sparse[i : i + 1], dense[i : i + 1], True)
+            torch.testing.assert_close(scores[i : i + 1], one_scores, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(logits[i : i + 1], one_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_one_pass_while_exporting(model, monkeypatch):
+    import segany.modeling.fast_decoder as fd
+
+    passes: list[int] = []
+    original = FastMaskDecoder._predict_pass
+    monkeypatch.setattr(FastMaskDecoder, "_predict_pass",
+                        lambda self, *a: passes.append(a[2].shape[0]) or original(self, *a))
+    monkeypatch.setattr(fd, "_exporting", lambda: True)  # what tracing for the ONNX export sees
+    fast = fast_mask_decoder(model.mask_decoder, for_onnx=True)
+    coords, labels, _ = _prompts(5, seed=4)
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder((coords, labels), None, None)
+        fast(torch.randn(1, 256, 64, 64), model.prompt_encoder.get_dense_pe(), sparse, dense, True)
+    assert passes == [5]  # the graph must take any batch in one run
