@@ -121,6 +121,7 @@ class ThreadShare:
 
         self.threads = max(1, int(threads or torch.get_num_threads()))
         self._running = 0
+        self._lowered = False  # a body set fewer threads since the budget was last set
         self._lock = threading.Lock()
 
     @property
@@ -135,7 +136,8 @@ class ThreadShare:
         with self._lock:
             self._running += 1
             running = self._running
-        threads = self.threads if claim_all else max(1, self.threads // running)
+            threads = self.threads if claim_all else max(1, self.threads // running)
+            self._lowered |= threads < self.threads
         try:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
@@ -143,9 +145,11 @@ class ThreadShare:
         finally:
             with self._lock:
                 self._running -= 1
-                last = self._running == 0
-            if last and torch.get_num_threads() != self.threads:
-                torch.set_num_threads(self.threads)  # also the default of threads that start using torch later
+                restore = self._running == 0 and self._lowered
+                if restore:
+                    self._lowered = False
+            if restore:  # torch's count is also the default of threads that first call torch later
+                torch.set_num_threads(self.threads)
 
 
 _WAIT = object()

@@ -139,44 +139,52 @@ def test_thread_share_splits_the_budget_between_concurrent_users():
     import torch
 
     share = ThreadShare(4)
-    seen: dict[str, int] = {}
-    inside, release = threading.Event(), threading.Event()
+    seen: dict[str, tuple[int, int, int]] = {}  # name -> (share, torch's count inside, bodies running)
 
-    def first() -> None:
-        with share.use() as n:
-            seen["first"] = n
-            seen["first_torch"] = torch.get_num_threads()
-            inside.set()
-            release.wait(10)
+    def hold(name: str, claim_all: bool = False) -> tuple[threading.Thread, threading.Event]:
+        inside, release = threading.Event(), threading.Event()
 
-    t = threading.Thread(target=first)
-    t.start()
-    assert inside.wait(10)
+        def body() -> None:
+            with share.use(claim_all) as n:
+                seen[name] = (n, torch.get_num_threads(), share.running)
+                inside.set()
+                release.wait(10)
 
-    def second() -> None:
-        with share.use() as n:
-            seen["second"], seen["second_torch"] = n, torch.get_num_threads()
-        with share.use(claim_all=True) as n:  # takes the whole budget, and counts while it runs
-            seen["claimed"], seen["claimed_running"] = n, share.running
+        thread = threading.Thread(target=body)
+        thread.start()
+        assert inside.wait(10)
+        return thread, release
+
+    def leave(held: tuple[threading.Thread, threading.Event]) -> None:
+        held[1].set()
+        held[0].join(10)
+        assert not held[0].is_alive()
+
+    def adopted() -> int:  # what a thread that starts using torch now gets
+        got: list[int] = []
+        thread = threading.Thread(target=lambda: got.append(torch.get_num_threads()))
+        thread.start()
+        thread.join(10)
+        return got[0]
 
     before = torch.get_num_threads()
     try:
-        u = threading.Thread(target=second)
-        u.start()
-        u.join(10)
-        assert not u.is_alive()
-        release.set()
-        t.join(10)
-        assert not t.is_alive()
-        assert seen == {"first": 4, "first_torch": 4, "second": 2, "second_torch": 2, "claimed": 4,
-                        "claimed_running": 2}
-        assert share.running == 0
-        # The last user out set the budget again: a thread that starts using torch now adopts it, not a share.
-        fresh: list[int] = []
-        v = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
-        v.start()
-        v.join(10)
-        assert fresh == [4]
+        first = hold("first")  # alone: the whole budget
+        second = hold("second")  # beside it: half
+        assert seen == {"first": (4, 4, 1), "second": (2, 2, 2)}
+        leave(second)
+        # torch also kept `second`'s 2 as the default of threads that start later. `first` ran on the whole budget,
+        # but as the last to leave it sets the budget again.
+        leave(first)
+        assert share.running == 0 and adopted() == 4
+        first = hold("first")
+        claimed = hold("claimed", claim_all=True)  # takes the whole budget, and counts
+        assert seen["claimed"] == (4, 4, 2)
+        third = hold("third")
+        assert seen["third"] == (1, 1, 3)
+        for held in (first, claimed, third):
+            leave(held)
+        assert share.running == 0 and adopted() == 4
         with share.use() as n:  # alone again: the whole budget
             assert n == 4 == torch.get_num_threads()
     finally:
