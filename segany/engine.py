@@ -172,7 +172,8 @@ class Engine:
         self._worker: asyncio.Task | None = None
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="segany-encode")
         self._decode_pool = WarmThreadPool(self.settings.decode_workers, thread_name_prefix="segany-decode")
-        self._threads = ThreadShare(self.settings.torch_threads)  # split between concurrent encodes and decodes
+        # Concurrent encodes and decodes split the CPU threads; with the model on an accelerator they are left alone.
+        self._threads = ThreadShare(self.settings.torch_threads, enabled=predictor.device.type == "cpu")
         self._prepare_pool = ThreadPoolExecutor(self.settings.prepare_workers, thread_name_prefix="segany-prepare")
 
     # ------------------------------------------------------------------------------------------------ lifecycle

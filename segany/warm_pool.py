@@ -116,10 +116,11 @@ class ThreadShare:
     24.8-28.5 clicks/s against 17.1-23.2 with two each, and a lone click keeps both threads.
     """
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, enabled: bool = True) -> None:
         import torch
 
         self.threads = max(1, int(threads or torch.get_num_threads()))
+        self.enabled = enabled  # False: ``use`` only counts (e.g. the model runs on an accelerator)
         self._running = 0
         self._lowered = False  # a body set fewer threads since the budget was last set
         self._lock = threading.Lock()
@@ -136,10 +137,10 @@ class ThreadShare:
         with self._lock:
             self._running += 1
             running = self._running
-            threads = self.threads if claim_all else max(1, self.threads // running)
+            threads = self.threads if claim_all or not self.enabled else max(1, self.threads // running)
             self._lowered |= threads < self.threads
         try:
-            if torch.get_num_threads() != threads:
+            if self.enabled and torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
             yield threads
         finally:

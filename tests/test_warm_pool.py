@@ -189,3 +189,14 @@ def test_thread_share_splits_the_budget_between_concurrent_users():
             assert n == 4 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)  # this is pytest's main thread (and the default of new threads)
+
+
+def test_a_disabled_share_only_counts():
+    import torch
+
+    before = torch.get_num_threads()
+    share = ThreadShare(before + 3, enabled=False)
+    with share.use() as outer, share.use() as inner:
+        assert share.running == 2 and outer == inner == before + 3
+        assert torch.get_num_threads() == before  # torch untouched
+    assert share.running == 0 and torch.get_num_threads() == before
