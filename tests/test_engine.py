@@ -298,7 +298,7 @@ def test_concurrent_decodes_share_the_decode_threads(tiny_model):
     async def main():
         embedding = (await engine.embed_bytes(png(0))).embedding
         await engine.segment(embedding, [prompt])  # alone: all four threads
-        predictor.barrier = threading.Barrier(2)  # two decodes inside the decoder at once: two threads each
+        predictor.barrier = threading.Barrier(2)  # two decodes inside the decoder at once: the second gets half
         together = await asyncio.gather(engine.segment(embedding, [prompt]), engine.segment(embedding, [prompt]))
         predictor.barrier = None
         await engine.segment(embedding, [prompt])  # alone again: back to four
