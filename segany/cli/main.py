@@ -71,8 +71,6 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_PARTIAL
 
 
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASSTHROUGH:
