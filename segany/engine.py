@@ -12,6 +12,8 @@ Concurrency model (one asyncio loop, three executors):
 * The decoder runs on the *decode* pool, never on the encoder thread: a prompt on a cached image does not wait
   behind an encode (torch releases the GIL while it computes). The pool hands each call to the thread that went idle
   last (:class:`~segany.warm_pool.WarmThreadPool`), so back-to-back clicks stay on one warm OpenMP team.
+* Encodes and decodes that run at the same time split the torch threads (:class:`~segany.warm_pool.ThreadShare`,
+  budget ``torch_threads``): the encoder and a lone decode use all of them, a decode beside other work a share.
 
 The image id is the cache key (sha256 of the bytes + model fingerprint + preprocessing version): computed here,
 never chosen by a client. All public methods are coroutines; call them from one event loop.
