@@ -5,7 +5,8 @@ Run: ``python -m benchmarks.bench_service [--model test-tiny|vit_b|segany-lite] 
 The server runs in a child process (``create_server`` with the chosen model, random weights for zoo variants,
 ``torch_threads=--threads``) and the client in this one, so client and server do not share a GIL. Rows:
 
-1. cached-image prompt round trip: ``Client.segment`` (1 click, multimask, best mask only, RLE, decoded to numpy)
+1. cached-image prompt round trip: ``Client.segment`` (1 click, multimask, best mask only, RLE as run lengths, the
+   client's default, decoded to numpy)
    vs segany's own ``Predictor.predict`` in-process (same click, multimask, all three masks at full size) and the
    public ``SamPredictor.predict`` (segment-anything, same click). Medians after warm-up.
 2. 8 concurrent clients clicking on 8 cached images: errors, p99/p50, throughput vs the in-process decoder
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     from segany.masks import decode_rle
     from segany.prompts import make_prompt
 
-    spec = OutputSpec(rle=True, bbox=False, best_only=True)
+    spec = OutputSpec(rle=True, rle_runs=True, bbox=False, best_only=True)  # what the client's defaults ask for
 
     def same_work(i: int):  # what the server does for one click, plus the client's RLE decode, without gRPC
         prompt = make_prompt(embedding.original_size, _click(i, h, w), [1])

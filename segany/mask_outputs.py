@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from segany.errors import InvalidInputError
-from segany.masks import Polygon, encode_png, encode_rle_batch, mask_area, mask_to_polygons, masks_to_boxes_xyxy
+from segany.masks import (
+    Polygon,
+    encode_png,
+    encode_rle_batch,
+    mask_area,
+    mask_to_polygons,
+    masks_to_boxes_xyxy,
+    rle_runs_batch,
+)
 from segany.predictor import MASK_THRESHOLD
 from segany.transforms import upscale_logits, upscale_masks_fast
 
@@ -27,6 +35,7 @@ class OutputSpec:
 
     Attributes:
         rle: COCO compressed RLE (dict ``{"size": [H, W], "counts": str}``).
+        rle_runs: the RLE uncompressed instead: ``counts`` is the ``uint32`` array of run lengths.
         png: 1-bit PNG bytes.
         polygons: :class:`segany.masks.Polygon` list (outer rings with holes), original pixels.
         bbox: ``[x, y, w, h]`` (SAM convention, inclusive edges).
@@ -37,6 +46,7 @@ class OutputSpec:
     """
 
     rle: bool = True
+    rle_runs: bool = False
     png: bool = False
     polygons: bool = False
     bbox: bool = True
@@ -132,8 +142,14 @@ def mask_upscaler_for(precision: str):
 
 def _fill_full_size(candidates: list[CandidateOutput], masks: np.ndarray, spec: OutputSpec) -> None:
     """Encode (C, H, W) bool masks into the candidates, in the formats of ``spec``."""
-    areas = mask_area(masks)
-    rles = encode_rle_batch(masks) if spec.rle else None
+    if spec.rle and spec.rle_runs:
+        height, width = masks.shape[1:]
+        runs = rle_runs_batch(masks)
+        rles = [{"size": [height, width], "counts": r} for r in runs]
+        areas = [int(r[1::2].sum(dtype=np.int64)) for r in runs]  # the foreground runs
+    else:
+        rles = encode_rle_batch(masks) if spec.rle else None
+        areas = mask_area(masks)
     boxes = masks_to_boxes_xyxy(masks) if spec.bbox else None
     for i, cand in enumerate(candidates):
         cand.area = int(areas[i])

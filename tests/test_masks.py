@@ -25,6 +25,7 @@ from segany.masks import (
     masks_to_boxes_xyxy,
     polygons_to_coco,
     polygons_to_mask,
+    rle_runs_batch,
 )
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (7, 13), (64, 48), (101, 37)]
@@ -126,6 +127,9 @@ def test_rle_batch_matches_single_and_non_bool_input():
         {"size": [2, 2], "counts": "oooooooooo0"},  # longer than any run can be
         {"size": [2, 2], "counts": [2**63 - 1, 2**63 - 1, 6]},  # sums to 4 modulo 2**64
         {"size": [2, 2], "counts": [2**64]},
+        {"size": [2, 2], "counts": np.array([1, 2], np.uint32)},
+        {"size": [2, 2], "counts": np.array([2**64 - 1, 5], np.uint64)},  # wraps to -1 as int64: refused
+        {"size": [2, 2], "counts": np.array([[1, 3]], np.uint32)},  # runs are 1-D
         {"size": [2], "counts": "13"},
         {"size": [-2, -2], "counts": "13"},
         {"size": [2, 2], "counts": 13},
@@ -136,6 +140,37 @@ def test_rle_batch_matches_single_and_non_bool_input():
 def test_decode_rle_rejects_bad_input(rle):
     with pytest.raises(InvalidInputError):
         decode_rle(rle)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("first", [False, True])
+def test_rle_runs_are_pycocotools_counts_uncompressed(shape, first):
+    masks = np.stack([_random_mask(shape, seed=s, density=d) for s, d in ((1, 0.5), (2, 0.05), (3, 0.95))])
+    masks[:, 0, 0] = first
+    masks = np.concatenate([masks, np.zeros((1, *shape), bool), np.ones((1, *shape), bool)])
+    runs = rle_runs_batch(masks)
+    assert len(runs) == len(masks)
+    for mask, r, compressed in zip(masks, runs, encode_rle_batch(masks)):
+        assert r.dtype == np.uint32 and r.ndim == 1
+        assert int(r.sum()) == mask.size and (r[1:] > 0).all()  # only the first run may be empty
+        assert (r[0] == 0) == bool(mask[0, 0])
+        back = coco_mask.decode(coco_mask.frPyObjects({"size": list(shape), "counts": r.tolist()}, *shape))
+        np.testing.assert_array_equal(back.astype(bool), mask)
+        np.testing.assert_array_equal(decode_rle({"size": list(shape), "counts": r}), mask)
+        assert coco_mask.frPyObjects({"size": list(shape), "counts": r.tolist()}, *shape)["counts"].decode() == (
+            compressed["counts"]
+        )
+    assert [r.tolist() for r in rle_runs_batch(masks.astype(np.float32) * 3)] == [r.tolist() for r in runs]
+    assert rle_runs_batch(np.zeros((0, *shape), bool)) == []
+
+
+def test_rle_runs_hand_computed_and_zero_sized():
+    mask = np.array([[0, 1, 0], [1, 1, 0]], bool)  # columns: (0,1), (1,1), (0,0) -> 0 1 1 1 0 0
+    assert rle_runs_batch(mask[None])[0].tolist() == [1, 3, 2]
+    assert rle_runs_batch(np.ones((1, 2, 2)))[0].tolist() == [0, 4]
+    empty = rle_runs_batch(np.zeros((2, 0, 5), bool))
+    assert [r.tolist() for r in empty] == [[], []]
+    assert decode_rle({"size": [0, 5], "counts": empty[0]}).shape == (0, 5)
 
 
 def test_rle_zero_sized():

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from segany.errors import InvalidInputError
+from segany.masks import rle_runs_batch
 
 #: Distance in pixels under which a mask box counts as touching a crop edge (public ``is_box_near_crop_edge``).
 CROP_EDGE_ATOL = 20
@@ -144,13 +145,7 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
 def uncompressed_rle(mask: np.ndarray) -> dict:
     """(H, W) bool -> ``{"size": [H, W], "counts": [runs...]}`` column-major, first run background."""
     h, w = mask.shape
-    flat = np.asarray(mask, dtype=bool).T.reshape(-1)
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    edges = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(edges).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return {"size": [int(h), int(w)], "counts": [int(c) for c in counts]}
+    return {"size": [int(h), int(w)], "counts": rle_runs_batch(np.asarray(mask)[None])[0].tolist()}
 
 
 # ------------------------------------------------------------------------------------------------- the generator

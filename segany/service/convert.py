@@ -20,6 +20,7 @@ def output_spec(request: pb.SegmentRequest) -> tuple[OutputSpec, bool]:
     o = request.outputs
     spec = OutputSpec(
         rle=o.rle,
+        rle_runs=o.rle_runs,
         png=o.png,
         polygons=o.polygons,
         bbox=o.bbox,
@@ -80,7 +81,11 @@ def prompt_results_to_proto(outputs: list[PromptOutput]) -> list[pb.PromptResult
             if cand.rle is not None:
                 h, w = cand.rle["size"]
                 c.rle.height, c.rle.width = h, w
-                c.rle.counts = cand.rle["counts"].encode("ascii")
+                counts = cand.rle["counts"]
+                if isinstance(counts, str):
+                    c.rle.counts = counts.encode("ascii")
+                else:  # OutputSpec.rle_runs
+                    c.rle.runs = np.ascontiguousarray(counts, dtype="<u4").tobytes()
             if cand.png is not None:
                 c.png = cand.png
             if cand.polygons is not None:

@@ -66,6 +66,30 @@ def test_every_output_format(client, image, reference):
     np.testing.assert_allclose(by_id.scores, by_logits.scores, atol=1e-2)
 
 
+def test_rle_runs_and_compressed_rle_carry_the_same_masks(client, image, reference):
+    from segany.client.messages import Outputs, segment_request
+    from segany.masks import encode_rle, rle_runs_batch
+
+    predictor, embedding = reference
+    img = client.embed(image[1])
+    ref = predictor.predict(embedding, points=[[40, 30]], labels=[1], multimask=True)
+    default = client.segment(img, points=[[40, 30]], labels=[1], multimask=True)  # the client asks for runs
+    compressed = client.segment(img, points=[[40, 30]], labels=[1], multimask=True, rle_runs=False)
+    for res in (default, compressed):
+        np.testing.assert_array_equal(res.masks, ref.masks)
+        assert res.areas.tolist() == ref.masks.sum(axis=(1, 2)).tolist()
+    for runs in (True, False):  # on the wire: one form or the other, never both
+        request = segment_request(img.id, [{"points": [[40, 30]], "labels": [1]}], True, Outputs(rle_runs=runs))
+        reply = client._stub.Segment(request)
+        for cand, mask in zip(reply.results[0].candidates, ref.masks):
+            assert (cand.rle.height, cand.rle.width) == (96, 128)
+            if runs:
+                assert not cand.rle.counts
+                assert np.frombuffer(cand.rle.runs, "<u4").tolist() == rle_runs_batch(mask[None])[0].tolist()
+            else:
+                assert not cand.rle.runs and cand.rle.counts.decode() == encode_rle(mask)["counts"]
+
+
 def test_best_only_and_many_prompts(client, image, reference):
     predictor, embedding = reference
     img = client.embed(image[1])

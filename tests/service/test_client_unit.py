@@ -88,3 +88,11 @@ def test_prompts_and_results_round_trip():
     np.testing.assert_array_equal(parsed.masks[0], mask)
     assert parsed.indices.tolist() == [1] and parsed.all_scores.tolist() == pytest.approx([0.1, 0.9, 0.5])
     assert parsed.boxes.tolist() == [[2, 1, 2, 2]] and parsed.best == 0
+    # the same mask as uncompressed runs (what the client asks for by default)
+    c.rle.counts = b""
+    c.rle.runs = np.array([13, 3, 3, 3, 3, 3, 14], "<u4").tobytes()  # columns 2-4 hold rows 1-3
+    np.testing.assert_array_equal(client.parse_result(result).masks[0], mask)
+    c.rle.runs = c.rle.runs[:-1]
+    with pytest.raises(client.Internal, match="not whole uint32"):
+        client.parse_result(result)
+    assert client.Outputs().to_proto().rle_runs and not client.Outputs(rle_runs=False).to_proto().rle_runs

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16segany/v1/segany.proto\x12\tsegany.v1\"K\n\x08RawImage\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x0e\n\x06pixels\x18\x04 \x01(\x0c\"f\n\x0bImageSource\x12\x15\n\x0bimage_bytes\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x02 \x01(\tH\x00\x12\"\n\x03raw\x18\x03 \x01(\x0b\x32\x13.segany.v1.RawImageH\x00\x42\x08\n\x06source\"\x83\x01\n\x0c\x45mbedRequest\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.segany.v1.ImageSource\x12\x18\n\x10return_embedding\x18\x02 \x01(\x08\x12\x32\n\x0f\x65mbedding_dtype\x18\x03 \x01(\x0e\x32\x19.segany.v1.EmbeddingDtype\"~\n\rEmbedResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12\x11\n\tembedding\x18\x05 \x01(\x0c\x12\x19\n\x11model_fingerprint\x18\x06 \x01(\t\",\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\x12\r\n\x05label\x18\x03 \x01(\x05\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x01\x12\n\n\x02y0\x18\x02 \x01(\x01\x12\n\n\x02x1\x18\x03 \x01(\x01\x12\n\n\x02y1\x18\x04 \x01(\x01\"\x7f\n\x06Prompt\x12 \n\x06points\x18\x01 \x03(\x0b\x32\x10.segany.v1.Point\x12\x1b\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0e.segany.v1.Box\x12\x11\n\x07mask_id\x18\x03 \x01(\tH\x00\x12\x15\n\x0bmask_logits\x18\x04 \x01(\x0cH\x00\x42\x0c\n\nmask_input\"\xa1\x01\n\rOutputOptions\x12\x0b\n\x03rle\x18\x01 \x01(\x08\x12\x0b\n\x03png\x18\x02 \x01(\x08\x12\x10\n\x08polygons\x18\x03 \x01(\x08\x12\x0c\n\x04\x62\x62ox\x18\x04 \x01(\x08\x12\x16\n\x0elow_res_logits\x18\x05 \x01(\x08\x12\x10\n\x08mask_ids\x18\x06 \x01(\x08\x12\x11\n\tbest_only\x18\x07 \x01(\x08\x12\x19\n\x11polygon_tolerance\x18\x08 \x01(\x02\"\x99\x01\n\x0eSegmentRequest\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.segany.v1.ImageSource\x12\"\n\x07prompts\x18\x02 \x03(\x0b\x32\x11.segany.v1.Prompt\x12\x11\n\tmultimask\x18\x03 \x01(\x08\x12)\n\x07outputs\x18\x04 \x01(\x0b\x32\x18.segany.v1.OutputOptions\"8\n\x07RleMask\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06\x63ounts\x18\x03 \x01(\x0c\"\x12\n\x04Ring\x12\n\n\x02xy\x18\x01 \x03(\x02\"L\n\x07Polygon\x12!\n\x08\x65xterior\x18\x01 \x01(\x0b\x32\x0f.segany.v1.Ring\x12\x1e\n\x05holes\x18\x02 \x03(\x0b\x32\x0f.segany.v1.Ring\"\xc2\x01\n\tCandidate\x12\r\n\x05score\x18\x01 \x01(\x02\x12\r\n\x05index\x18\x02 \x01(\r\x12\x1f\n\x03rle\x18\x03 \x01(\x0b\x32\x12.segany.v1.RleMask\x12\x0b\n\x03png\x18\x04 \x01(\x0c\x12$\n\x08polygons\x18\x05 \x03(\x0b\x32\x12.segany.v1.Polygon\x12\x0c\n\x04\x62\x62ox\x18\x06 \x03(\r\x12\x16\n\x0elow_res_logits\x18\x07 \x01(\x0c\x12\x0f\n\x07mask_id\x18\x08 \x01(\t\x12\x0c\n\x04\x61rea\x18\t \x01(\x04\"\\\n\x0cPromptResult\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x12\n\nbest_index\x18\x02 \x01(\r\x12(\n\ncandidates\x18\x03 \x03(\x0b\x32\x14.segany.v1.Candidate\"l\n\x0fSegmentResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12(\n\x07results\x18\x04 \x03(\x0b\x32\x17.segany.v1.PromptResult\"g\n\x14SegmentStreamRequest\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12*\n\x07request\x18\x03 \x01(\x0b\x32\x19.segany.v1.SegmentRequest\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa0\x01\n\x15SegmentStreamResponse\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\nsuperseded\x18\x03 \x01(\x08\x12,\n\x08response\x18\x04 \x01(\x0b\x32\x1a.segany.v1.SegmentResponse\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x11.segany.v1.Status\"\x15\n\x13GetModelInfoRequest\"\xf0\x01\n\x06Limits\x12!\n\x19max_receive_message_bytes\x18\x01 \x01(\x04\x12\x1e\n\x16max_send_message_bytes\x18\x02 \x01(\x04\x12\x17\n\x0fmax_image_bytes\x18\x03 \x01(\x04\x12\x18\n\x10max_image_pixels\x18\x04 \x01(\x04\x12\x16\n\x0emax_image_side\x18\x05 \x01(\r\x12\x1d\n\x15max_points_per_prompt\x18\x06 \x01(\r\x12\x1f\n\x17max_prompts_per_request\x18\x07 \x01(\r\x12\x18\n\x10max_encode_queue\x18\x08 \x01(\r\"\xf2\x01\n\tModelInfo\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x12\n\nimage_size\x18\x03 \x01(\r\x12\x17\n\x0f\x65mbedding_shape\x18\x04 \x03(\r\x12\x12\n\npreprocess\x18\x05 \x01(\t\x12\x16\n\x0emask_threshold\x18\x06 \x01(\x02\x12\x14\n\x0clow_res_size\x18\x07 \x01(\r\x12!\n\x06limits\x18\x08 \x01(\x0b\x32\x11.segany.v1.Limits\x12\x1e\n\x16\x64\x65\x63oder_onnx_available\x18\t \x01(\x08\x12\r\n\x05ready\x18\n \x01(\x08\"\x17\n\x15GetDecoderOnnxRequest\"G\n\x0b\x44\x65\x63oderOnnx\x12\r\n\x05model\x18\x01 \x01(\x0c\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x13\n\x11GetMetricsRequest\"\x17\n\x07Metrics\x12\x0c\n\x04text\x18\x01 \x01(\t*k\n\x0e\x45mbeddingDtype\x12\x1f\n\x1b\x45MBEDDING_DTYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45MBEDDING_DTYPE_FLOAT32\x10\x01\x12\x1b\n\x17\x45MBEDDING_DTYPE_FLOAT16\x10\x02\x32\xb0\x03\n\x06Segany\x12:\n\x05\x45mbed\x12\x17.segany.v1.EmbedRequest\x1a\x18.segany.v1.EmbedResponse\x12@\n\x07Segment\x12\x19.segany.v1.SegmentRequest\x1a\x1a.segany.v1.SegmentResponse\x12V\n\rSegmentStream\x12\x1f.segany.v1.SegmentStreamRequest\x1a .segany.v1.SegmentStreamResponse(\x01\x30\x01\x12\x44\n\x0cGetModelInfo\x12\x1e.segany.v1.GetModelInfoRequest\x1a\x14.segany.v1.ModelInfo\x12J\n\x0eGetDecoderOnnx\x12 .segany.v1.GetDecoderOnnxRequest\x1a\x16.segany.v1.DecoderOnnx\x12>\n\nGetMetrics\x12\x1c.segany.v1.GetMetricsRequest\x1a\x12.segany.v1.Metricsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16segany/v1/segany.proto\x12\tsegany.v1\"K\n\x08RawImage\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x0e\n\x06pixels\x18\x04 \x01(\x0c\"f\n\x0bImageSource\x12\x15\n\x0bimage_bytes\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x02 \x01(\tH\x00\x12\"\n\x03raw\x18\x03 \x01(\x0b\x32\x13.segany.v1.RawImageH\x00\x42\x08\n\x06source\"\x83\x01\n\x0c\x45mbedRequest\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.segany.v1.ImageSource\x12\x18\n\x10return_embedding\x18\x02 \x01(\x08\x12\x32\n\x0f\x65mbedding_dtype\x18\x03 \x01(\x0e\x32\x19.segany.v1.EmbeddingDtype\"~\n\rEmbedResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12\x11\n\tembedding\x18\x05 \x01(\x0c\x12\x19\n\x11model_fingerprint\x18\x06 \x01(\t\",\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\x12\r\n\x05label\x18\x03 \x01(\x05\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x01\x12\n\n\x02y0\x18\x02 \x01(\x01\x12\n\n\x02x1\x18\x03 \x01(\x01\x12\n\n\x02y1\x18\x04 \x01(\x01\"\x7f\n\x06Prompt\x12 \n\x06points\x18\x01 \x03(\x0b\x32\x10.segany.v1.Point\x12\x1b\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0e.segany.v1.Box\x12\x11\n\x07mask_id\x18\x03 \x01(\tH\x00\x12\x15\n\x0bmask_logits\x18\x04 \x01(\x0cH\x00\x42\x0c\n\nmask_input\"\xb3\x01\n\rOutputOptions\x12\x0b\n\x03rle\x18\x01 \x01(\x08\x12\x0b\n\x03png\x18\x02 \x01(\x08\x12\x10\n\x08polygons\x18\x03 \x01(\x08\x12\x0c\n\x04\x62\x62ox\x18\x04 \x01(\x08\x12\x16\n\x0elow_res_logits\x18\x05 \x01(\x08\x12\x10\n\x08mask_ids\x18\x06 \x01(\x08\x12\x11\n\tbest_only\x18\x07 \x01(\x08\x12\x19\n\x11polygon_tolerance\x18\x08 \x01(\x02\x12\x10\n\x08rle_runs\x18\t \x01(\x08\"\x99\x01\n\x0eSegmentRequest\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.segany.v1.ImageSource\x12\"\n\x07prompts\x18\x02 \x03(\x0b\x32\x11.segany.v1.Prompt\x12\x11\n\tmultimask\x18\x03 \x01(\x08\x12)\n\x07outputs\x18\x04 \x01(\x0b\x32\x18.segany.v1.OutputOptions\"F\n\x07RleMask\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06\x63ounts\x18\x03 \x01(\x0c\x12\x0c\n\x04runs\x18\x04 \x01(\x0c\"\x12\n\x04Ring\x12\n\n\x02xy\x18\x01 \x03(\x02\"L\n\x07Polygon\x12!\n\x08\x65xterior\x18\x01 \x01(\x0b\x32\x0f.segany.v1.Ring\x12\x1e\n\x05holes\x18\x02 \x03(\x0b\x32\x0f.segany.v1.Ring\"\xc2\x01\n\tCandidate\x12\r\n\x05score\x18\x01 \x01(\x02\x12\r\n\x05index\x18\x02 \x01(\r\x12\x1f\n\x03rle\x18\x03 \x01(\x0b\x32\x12.segany.v1.RleMask\x12\x0b\n\x03png\x18\x04 \x01(\x0c\x12$\n\x08polygons\x18\x05 \x03(\x0b\x32\x12.segany.v1.Polygon\x12\x0c\n\x04\x62\x62ox\x18\x06 \x03(\r\x12\x16\n\x0elow_res_logits\x18\x07 \x01(\x0c\x12\x0f\n\x07mask_id\x18\x08 \x01(\t\x12\x0c\n\x04\x61rea\x18\t \x01(\x04\"\\\n\x0cPromptResult\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x12\n\nbest_index\x18\x02 \x01(\r\x12(\n\ncandidates\x18\x03 \x03(\x0b\x32\x14.segany.v1.Candidate\"l\n\x0fSegmentResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12(\n\x07results\x18\x04 \x03(\x0b\x32\x17.segany.v1.PromptResult\"g\n\x14SegmentStreamRequest\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12*\n\x07request\x18\x03 \x01(\x0b\x32\x19.segany.v1.SegmentRequest\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa0\x01\n\x15SegmentStreamResponse\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\nsuperseded\x18\x03 \x01(\x08\x12,\n\x08response\x18\x04 \x01(\x0b\x32\x1a.segany.v1.SegmentResponse\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x11.segany.v1.Status\"\x15\n\x13GetModelInfoRequest\"\xf0\x01\n\x06Limits\x12!\n\x19max_receive_message_bytes\x18\x01 \x01(\x04\x12\x1e\n\x16max_send_message_bytes\x18\x02 \x01(\x04\x12\x17\n\x0fmax_image_bytes\x18\x03 \x01(\x04\x12\x18\n\x10max_image_pixels\x18\x04 \x01(\x04\x12\x16\n\x0emax_image_side\x18\x05 \x01(\r\x12\x1d\n\x15max_points_per_prompt\x18\x06 \x01(\r\x12\x1f\n\x17max_prompts_per_request\x18\x07 \x01(\r\x12\x18\n\x10max_encode_queue\x18\x08 \x01(\r\"\xf2\x01\n\tModelInfo\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x12\n\nimage_size\x18\x03 \x01(\r\x12\x17\n\x0f\x65mbedding_shape\x18\x04 \x03(\r\x12\x12\n\npreprocess\x18\x05 \x01(\t\x12\x16\n\x0emask_threshold\x18\x06 \x01(\x02\x12\x14\n\x0clow_res_size\x18\x07 \x01(\r\x12!\n\x06limits\x18\x08 \x01(\x0b\x32\x11.segany.v1.Limits\x12\x1e\n\x16\x64\x65\x63oder_onnx_available\x18\t \x01(\x08\x12\r\n\x05ready\x18\n \x01(\x08\"\x17\n\x15GetDecoderOnnxRequest\"G\n\x0b\x44\x65\x63oderOnnx\x12\r\n\x05model\x18\x01 \x01(\x0c\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x13\n\x11GetMetricsRequest\"\x17\n\x07Metrics\x12\x0c\n\x04text\x18\x01 \x01(\t*k\n\x0e\x45mbeddingDtype\x12\x1f\n\x1b\x45MBEDDING_DTYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45MBEDDING_DTYPE_FLOAT32\x10\x01\x12\x1b\n\x17\x45MBEDDING_DTYPE_FLOAT16\x10\x02\x32\xb0\x03\n\x06Segany\x12:\n\x05\x45mbed\x12\x17.segany.v1.EmbedRequest\x1a\x18.segany.v1.EmbedResponse\x12@\n\x07Segment\x12\x19.segany.v1.SegmentRequest\x1a\x1a.segany.v1.SegmentResponse\x12V\n\rSegmentStream\x12\x1f.segany.v1.SegmentStreamRequest\x1a .segany.v1.SegmentStreamResponse(\x01\x30\x01\x12\x44\n\x0cGetModelInfo\x12\x1e.segany.v1.GetModelInfoRequest\x1a\x14.segany.v1.ModelInfo\x12J\n\x0eGetDecoderOnnx\x12 .segany.v1.GetDecoderOnnxRequest\x1a\x16.segany.v1.DecoderOnnx\x12>\n\nGetMetrics\x12\x1c.segany.v1.GetMetricsRequest\x1a\x12.segany.v1.Metricsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'segany.v1.segany_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EMBEDDINGDTYPE']._serialized_start=2551
-  _globals['_EMBEDDINGDTYPE']._serialized_end=2658
+  _globals['_EMBEDDINGDTYPE']._serialized_start=2583
+  _globals['_EMBEDDINGDTYPE']._serialized_end=2690
   _globals['_RAWIMAGE']._serialized_start=37
   _globals['_RAWIMAGE']._serialized_end=112
   _globals['_IMAGESOURCE']._serialized_start=114
@@ -48,41 +48,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROMPT']._serialized_start=581
   _globals['_PROMPT']._serialized_end=708
   _globals['_OUTPUTOPTIONS']._serialized_start=711
-  _globals['_OUTPUTOPTIONS']._serialized_end=872
-  _globals['_SEGMENTREQUEST']._serialized_start=875
-  _globals['_SEGMENTREQUEST']._serialized_end=1028
-  _globals['_RLEMASK']._serialized_start=1030
-  _globals['_RLEMASK']._serialized_end=1086
-  _globals['_RING']._serialized_start=1088
-  _globals['_RING']._serialized_end=1106
-  _globals['_POLYGON']._serialized_start=1108
-  _globals['_POLYGON']._serialized_end=1184
-  _globals['_CANDIDATE']._serialized_start=1187
-  _globals['_CANDIDATE']._serialized_end=1381
-  _globals['_PROMPTRESULT']._serialized_start=1383
-  _globals['_PROMPTRESULT']._serialized_end=1475
-  _globals['_SEGMENTRESPONSE']._serialized_start=1477
-  _globals['_SEGMENTRESPONSE']._serialized_end=1585
-  _globals['_SEGMENTSTREAMREQUEST']._serialized_start=1587
-  _globals['_SEGMENTSTREAMREQUEST']._serialized_end=1690
-  _globals['_STATUS']._serialized_start=1692
-  _globals['_STATUS']._serialized_end=1731
-  _globals['_SEGMENTSTREAMRESPONSE']._serialized_start=1734
-  _globals['_SEGMENTSTREAMRESPONSE']._serialized_end=1894
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1896
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1917
-  _globals['_LIMITS']._serialized_start=1920
-  _globals['_LIMITS']._serialized_end=2160
-  _globals['_MODELINFO']._serialized_start=2163
-  _globals['_MODELINFO']._serialized_end=2405
-  _globals['_GETDECODERONNXREQUEST']._serialized_start=2407
-  _globals['_GETDECODERONNXREQUEST']._serialized_end=2430
-  _globals['_DECODERONNX']._serialized_start=2432
-  _globals['_DECODERONNX']._serialized_end=2503
-  _globals['_GETMETRICSREQUEST']._serialized_start=2505
-  _globals['_GETMETRICSREQUEST']._serialized_end=2524
-  _globals['_METRICS']._serialized_start=2526
-  _globals['_METRICS']._serialized_end=2549
-  _globals['_SEGANY']._serialized_start=2661
-  _globals['_SEGANY']._serialized_end=3093
+  _globals['_OUTPUTOPTIONS']._serialized_end=890
+  _globals['_SEGMENTREQUEST']._serialized_start=893
+  _globals['_SEGMENTREQUEST']._serialized_end=1046
+  _globals['_RLEMASK']._serialized_start=1048
+  _globals['_RLEMASK']._serialized_end=1118
+  _globals['_RING']._serialized_start=1120
+  _globals['_RING']._serialized_end=1138
+  _globals['_POLYGON']._serialized_start=1140
+  _globals['_POLYGON']._serialized_end=1216
+  _globals['_CANDIDATE']._serialized_start=1219
+  _globals['_CANDIDATE']._serialized_end=1413
+  _globals['_PROMPTRESULT']._serialized_start=1415
+  _globals['_PROMPTRESULT']._serialized_end=1507
+  _globals['_SEGMENTRESPONSE']._serialized_start=1509
+  _globals['_SEGMENTRESPONSE']._serialized_end=1617
+  _globals['_SEGMENTSTREAMREQUEST']._serialized_start=1619
+  _globals['_SEGMENTSTREAMREQUEST']._serialized_end=1722
+  _globals['_STATUS']._serialized_start=1724
+  _globals['_STATUS']._serialized_end=1763
+  _globals['_SEGMENTSTREAMRESPONSE']._serialized_start=1766
+  _globals['_SEGMENTSTREAMRESPONSE']._serialized_end=1926
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1928
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1949
+  _globals['_LIMITS']._serialized_start=1952
+  _globals['_LIMITS']._serialized_end=2192
+  _globals['_MODELINFO']._serialized_start=2195
+  _globals['_MODELINFO']._serialized_end=2437
+  _globals['_GETDECODERONNXREQUEST']._serialized_start=2439
+  _globals['_GETDECODERONNXREQUEST']._serialized_end=2462
+  _globals['_DECODERONNX']._serialized_start=2464
+  _globals['_DECODERONNX']._serialized_end=2535
+  _globals['_GETMETRICSREQUEST']._serialized_start=2537
+  _globals['_GETMETRICSREQUEST']._serialized_end=2556
+  _globals['_METRICS']._serialized_start=2558
+  _globals['_METRICS']._serialized_end=2581
+  _globals['_SEGANY']._serialized_start=2693
+  _globals['_SEGANY']._serialized_end=3125
 # @@protoc_insertion_point(module_scope)

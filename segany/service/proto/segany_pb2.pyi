@@ -100,7 +100,7 @@ class Prompt(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., mask_id: _Optional[str] = ..., mask_logits: _Optional[bytes] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
-    __slots__ = ("rle", "png", "polygons", "bbox", "low_res_logits", "mask_ids", "best_only", "polygon_tolerance")
+    __slots__ = ("rle", "png", "polygons", "bbox", "low_res_logits", "mask_ids", "best_only", "polygon_tolerance", "rle_runs")
     RLE_FIELD_NUMBER: _ClassVar[int]
     PNG_FIELD_NUMBER: _ClassVar[int]
     POLYGONS_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class OutputOptions(_message.Message):
     MASK_IDS_FIELD_NUMBER: _ClassVar[int]
     BEST_ONLY_FIELD_NUMBER: _ClassVar[int]
     POLYGON_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    RLE_RUNS_FIELD_NUMBER: _ClassVar[int]
     rle: bool
     png: bool
     polygons: bool
@@ -117,7 +118,8 @@ class OutputOptions(_message.Message):
     mask_ids: bool
     best_only: bool
     polygon_tolerance: float
-    def __init__(self, rle: _Optional[bool] = ..., png: _Optional[bool] = ..., polygons: _Optional[bool] = ..., bbox: _Optional[bool] = ..., low_res_logits: _Optional[bool] = ..., mask_ids: _Optional[bool] = ..., best_only: _Optional[bool] = ..., polygon_tolerance: _Optional[float] = ...) -> None: ...
+    rle_runs: bool
+    def __init__(self, rle: _Optional[bool] = ..., png: _Optional[bool] = ..., polygons: _Optional[bool] = ..., bbox: _Optional[bool] = ..., low_res_logits: _Optional[bool] = ..., mask_ids: _Optional[bool] = ..., best_only: _Optional[bool] = ..., polygon_tolerance: _Optional[float] = ..., rle_runs: _Optional[bool] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
     __slots__ = ("image", "prompts", "multimask", "outputs")
@@ -132,14 +134,16 @@ class SegmentRequest(_message.Message):
     def __init__(self, image: _Optional[_Union[ImageSource, _Mapping]] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., multimask: _Optional[bool] = ..., outputs: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
 
 class RleMask(_message.Message):
-    __slots__ = ("height", "width", "counts")
+    __slots__ = ("height", "width", "counts", "runs")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
     height: int
     width: int
     counts: bytes
-    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., counts: _Optional[bytes] = ...) -> None: ...
+    runs: bytes
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., counts: _Optional[bytes] = ..., runs: _Optional[bytes] = ...) -> None: ...
 
 class Ring(_message.Message):
     __slots__ = ("xy",)
