@@ -58,7 +58,7 @@ def make_prompt(
         lab = _finite_array(labels, "labels", np.float64)
         if lab.shape != (len(pts),):
             raise InvalidPromptError(f"labels must have shape ({len(pts)},) to match the points, got {lab.shape}")
-        if not np.isin(lab, (0, 1)).all():
+        if not ((lab == 0) | (lab == 1)).all():  # not np.isin: 30 us of set logic on a few labels
             bad = sorted({float(v) for v in lab if v not in (0, 1)})
             raise InvalidPromptError(f"labels must be 1 (foreground) or 0 (background), got {bad}")
         lab = lab.astype(np.int64)

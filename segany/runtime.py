@@ -55,11 +55,13 @@ def keep_freed_memory() -> bool:
     and 37-40 ms without. Costs nothing when idle beyond keeping up to ``TRIM_THRESHOLD_BYTES`` of free heap mapped.
 
     The thresholds hold for the main heap, but glibc gives other threads arenas of their own, made of 64 MiB heaps
-    that are unmapped as soon as they are empty: the server decodes on worker threads, and each click faulted about
-    5,500 pages (22 MiB) back in, over both OpenMP threads (shipped model: 2780 faults per thread and click, decode
-    CPU time 38 + 30 ms against 31 + 23 ms on the main thread, round trip 45 vs 39 ms). ``ARENA_MAX = 1`` puts every
-    thread on the main heap: 0.2 faults per click. Threads then share one allocator lock, which large tensors take
-    a few hundred times per decode; the benchmarks showed no cost under concurrent clicks.
+    that are unmapped as soon as they are empty: the server decodes on worker threads, and a click could fault about
+    5,500 pages (22 MiB) back in over both OpenMP threads (shipped model, low-res answers: 2780 faults per thread and
+    click, decode CPU time 38 + 30 ms against 31 + 23 ms on the main thread). ``ARENA_MAX = 1`` puts every thread on
+    the main heap: 0.2 faults per click. Two servers side by side, clicks interleaved: low-res answers 49.6 -> 41.4
+    ms (shipped model), best mask as RLE 54.2 -> 48.4 ms (random vit_b) and 48.3 -> 48.2 ms (shipped: that pattern
+    happened to keep its heap). Threads then share one allocator lock, which large tensors take a few hundred times
+    per decode; 8 concurrent clients and `segany annotate`'s encoder thread measured no cost.
 
     Skipped off glibc (no ``mallopt``) and when ``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_``/
     ``MALLOC_ARENA_MAX`` are set. Must run before other threads allocate (a thread keeps the arena it has).
