@@ -143,7 +143,7 @@ def mask_upscaler_for(precision: str):
 def _fill_full_size(candidates: list[CandidateOutput], masks: np.ndarray, spec: OutputSpec) -> None:
     """Encode (C, H, W) bool masks into the candidates, in the formats of ``spec``."""
     if spec.rle and spec.rle_runs:
-        height, width = masks.shape[1:]
+        height, width = (int(v) for v in masks.shape[1:])
         runs = rle_runs_batch(masks)
         rles = [{"size": [height, width], "counts": r} for r in runs]
         areas = [int(r[1::2].sum(dtype=np.int64)) for r in runs]  # the foreground runs

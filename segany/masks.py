@@ -117,11 +117,16 @@ def rle_runs_batch(masks: np.ndarray) -> list[np.ndarray]:
         ``C`` ``uint32`` arrays of run lengths, column-major, first run background (``0`` when the first pixel
         is foreground); ``{"size": [H, W], "counts": runs}`` is a valid input of :func:`decode_rle`. Finding
         the runs in numpy beats pycocotools' compressed encoder on noisy masks (2.8 vs 3.9 ms for 270k runs
-        in a 1200x1800 mask), and decoding skips the string parse.
+        in a 1200x1800 mask), and decoding skips the string parse; the runs take 3-4x the bytes of the string.
+
+    Raises:
+        InvalidInputError: masks of more than 2**32 - 1 pixels (a run might not fit in uint32).
     """
     m = _as_mask(masks, 3, "masks")
     count, height, width = m.shape
     pixels = height * width
+    if pixels > np.iinfo(np.uint32).max:
+        raise InvalidInputError(f"masks of {height}x{width} pixels are too large for uint32 run lengths")
     if pixels == 0:
         return [np.zeros(0, np.uint32) for _ in range(count)]
     columns = np.empty((width, height), np.uint8)

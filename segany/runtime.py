@@ -37,17 +37,26 @@ def tune_process() -> dict[str, str]:
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         applied["OMP_WAIT_POLICY"] = "PASSIVE"
-    if keep_freed_memory():
-        applied["malloc"] = (
-            f"mmap threshold {MMAP_THRESHOLD_BYTES >> 20} MiB, trim threshold {TRIM_THRESHOLD_BYTES >> 20} MiB, "
-            f"{ARENA_MAX} arena"
-        )
+    malloc = keep_freed_memory()
+    if malloc:
+        applied["malloc"] = ", ".join(malloc)
     return applied
 
 
-def keep_freed_memory() -> bool:
+#: The malloc settings: (mallopt parameter, value, what the log says, environment variable, glibc tunable). A setting
+#: the environment already chose (either way) is left alone.
+_MALLOC_SETTINGS = (
+    (_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES, f"mmap threshold {MMAP_THRESHOLD_BYTES >> 20} MiB",
+     "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"),
+    (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES, f"trim threshold {TRIM_THRESHOLD_BYTES >> 20} MiB",
+     "MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold"),
+    (_M_ARENA_MAX, ARENA_MAX, f"{ARENA_MAX} arena", "MALLOC_ARENA_MAX", "glibc.malloc.arena_max"),
+)
+
+
+def keep_freed_memory() -> list[str]:
     """Make glibc's malloc reuse freed multi-MiB blocks instead of returning them to the kernel and faulting them in
-    again on the next request. True when applied.
+    again on the next request. Returns the settings applied (empty off glibc, or when the environment chose them all).
 
     A decode allocates tens of 1-8 MiB temporaries (image tokens, upscaled features, full-size masks). By default
     glibc serves large blocks with ``mmap`` and trims the heap top when it is freed, so every request pays page
@@ -63,24 +72,27 @@ def keep_freed_memory() -> bool:
     happened to keep its heap). Threads then share one allocator lock, which large tensors take a few hundred times
     per decode; 8 concurrent clients and `segany annotate`'s encoder thread measured no cost.
 
-    Skipped off glibc (no ``mallopt``) and when ``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_``/
-    ``MALLOC_ARENA_MAX`` are set. Must run before other threads allocate (a thread keeps the arena it has).
+    Each setting is skipped when its environment variable (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+    ``MALLOC_ARENA_MAX``) or its ``GLIBC_TUNABLES`` entry is set. Must run before other threads allocate (a thread
+    keeps the arena it has).
     """
     if not sys.platform.startswith("linux"):
-        return False
-    if any(k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX")):
-        return False
+        return []
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
-        return False
+        return []
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return (
-        bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-        and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
-        and bool(mallopt(_M_ARENA_MAX, ARENA_MAX))
-    )
+    tunables = {entry.split("=", 1)[0] for part in os.environ.get("GLIBC_TUNABLES", "").split(":")
+                for entry in [part.strip()] if entry}
+    applied = []
+    for param, value, label, variable, tunable in _MALLOC_SETTINGS:
+        if variable in os.environ or tunable in tunables:
+            continue
+        if mallopt(param, value):  # 1 on success
+            applied.append(label)
+    return applied
 
 
 __all__ = ["ARENA_MAX", "MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "keep_freed_memory", "tune_process"]

@@ -73,7 +73,7 @@ def test_uncompressed_rle_matches_pycocotools():
         mask = rng.random((7, 5)) > 0.5
         mask[0, 0] = first
         rle = uncompressed_rle(mask)
-        assert rle["counts"][0] == (0 if first else rle["counts"][0])
+        assert (rle["counts"][0] == 0) == first  # an empty background run when the first pixel is foreground
         decoded = coco_mask.decode(coco_mask.frPyObjects(rle, 7, 5))
         np.testing.assert_array_equal(decoded.astype(bool), mask)
 

@@ -164,6 +164,12 @@ def test_rle_runs_are_pycocotools_counts_uncompressed(shape, first):
     assert rle_runs_batch(np.zeros((0, *shape), bool)) == []
 
 
+def test_rle_runs_refuse_masks_beyond_uint32_runs():
+    huge = np.broadcast_to(np.zeros((1, 1, 1), bool), (1, 65536, 65537))  # 2**32 + 65536 pixels, no memory
+    with pytest.raises(InvalidInputError, match="uint32"):
+        rle_runs_batch(huge)
+
+
 def test_rle_runs_hand_computed_and_zero_sized():
     mask = np.array([[0, 1, 0], [1, 1, 0]], bool)  # columns: (0,1), (1,1), (0,0) -> 0 1 1 1 0 0
     assert rle_runs_batch(mask[None])[0].tolist() == [1, 3, 2]

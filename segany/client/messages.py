@@ -94,8 +94,9 @@ class Outputs:
     """What ``segment`` asks the server for (``masks`` come from RLE).
 
     ``rle_runs`` asks for the RLE as binary run lengths rather than pycocotools' compressed string: decoding
-    skips the string parse (2-4 ms on a noisy 1200x1800 mask), for up to about twice the bytes on the wire.
-    Either way ``masks`` are the same; the compressed form suits a slow link.
+    skips the string parse (2-4 ms on a noisy 1200x1800 mask), for 3-4x the bytes on the wire (a few KB per
+    object-like mask). Either way ``masks`` are the same; ``rle_runs=False`` suits a slow link or an answer
+    near the message size limit.
     """
 
     rle: bool = True
@@ -191,7 +192,11 @@ def parse_result(result: pb.PromptResult) -> SegmentResult:
     cands = list(result.candidates)
     masks = None
     if cands and cands[0].HasField("rle"):
-        masks = _stacked([decode_rle({"size": [c.rle.height, c.rle.width], "counts": _counts(c.rle)}) for c in cands])
+        try:
+            masks = _stacked([decode_rle({"size": [c.rle.height, c.rle.width], "counts": _counts(c.rle)})
+                              for c in cands])
+        except errors.InvalidInputError as exc:  # the server's answer, not the caller's input
+            raise Internal(f"the server sent an RLE that does not decode: {exc}", grpc.StatusCode.INTERNAL) from None
     elif cands and cands[0].png:
         masks = _stacked([decode_png(c.png) for c in cands])
     out = SegmentResult(

@@ -101,7 +101,7 @@ class SeganyServicer(pb_grpc.SeganyServicer):
             raise ResourceExhaustedError(
                 f"the response would be {size} bytes, over this server's limit of "
                 f"{self.settings.max_send_message_bytes}; ask for fewer outputs (RLE rather than PNG or "
-                "low-res logits, best_only) or fewer prompts per call"
+                "low-res logits, compressed RLE rather than rle_runs, best_only) or fewer prompts per call"
             )
 
     async def _segment(self, request: pb.SegmentRequest) -> pb.SegmentResponse:

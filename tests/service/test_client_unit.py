@@ -95,4 +95,7 @@ def test_prompts_and_results_round_trip():
     c.rle.runs = c.rle.runs[:-1]
     with pytest.raises(client.Internal, match="not whole uint32"):
         client.parse_result(result)
+    c.rle.runs = np.array([13, 3, 3], "<u4").tobytes()  # runs that do not cover the 6x7 mask: the server's fault
+    with pytest.raises(client.Internal, match="does not decode"):
+        client.parse_result(result)
     assert client.Outputs().to_proto().rle_runs and not client.Outputs(rle_runs=False).to_proto().rle_runs
