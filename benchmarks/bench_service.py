@@ -135,15 +135,20 @@ def _equalize_nice(*pids: int) -> int:
 
 
 def _interleaved(fns: dict, n: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Time each function on click i in turn, so every contender sees the same machine load (shared CPUs)."""
+    """Time each function on click i in turn, so every contender sees the same machine load (shared CPUs).
+
+    The order rotates from click to click, so each contender follows each other one equally often (what ran just
+    before, e.g. the public predictor's full-size masks, leaves the caches to whoever comes next).
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn(0)
-    out: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    out: dict[str, list[float]] = {name: [] for name in names}
     for i in range(n):
-        for name, fn in fns.items():
+        for name in names[i % len(names):] + names[: i % len(names)]:
             start = time.perf_counter()
-            fn(i)
+            fns[name](i)
             out[name].append(time.perf_counter() - start)
     return out
 
