@@ -169,7 +169,7 @@ def decode_rle(rle: Mapping) -> np.ndarray:
         runs = counts.astype(np.int64)  # checked below, like a list (a uint64 beyond int64 wraps negative)
     elif isinstance(counts, (list, tuple, np.ndarray)):
         try:
-            runs = np.array([int(c) for c in counts], np.int64)
+            runs = np.array([_whole(c) for c in counts], np.int64)
         except (TypeError, ValueError, OverflowError):
             raise InvalidInputError("uncompressed RLE 'counts' must be a list of integers") from None
     else:
@@ -188,6 +188,14 @@ def decode_rle(rle: Mapping) -> np.ndarray:
     values[1::2] = 1  # runs alternate background, foreground, ...
     columns = np.repeat(values, runs).reshape(width, height)  # column-major pixels
     return cv2.transpose(columns).view(bool)  # OpenCV's blocked transpose, several times numpy's strided copy
+
+
+def _whole(value) -> int:
+    """``value`` as an int when it is a whole number (3, 3.0, np.int32(3)); ValueError for 1.9, "3" or NaN."""
+    whole = int(value)
+    if whole != value:
+        raise ValueError(f"{value!r} is not a whole number")
+    return whole
 
 
 def _rle_string_runs(raw: bytes, limit: int) -> np.ndarray:

@@ -84,6 +84,7 @@ def test_rle_is_column_major_hand_computed():
     mask = np.array([[0, 1, 1], [1, 1, 0]], dtype=bool)
     assert encode_rle(mask) == {"size": [2, 3], "counts": "141"}
     np.testing.assert_array_equal(decode_rle({"size": [2, 3], "counts": [1, 4, 1]}), mask)
+    np.testing.assert_array_equal(decode_rle({"size": [2, 3], "counts": [1.0, 4.0, 1.0]}), mask)  # whole floats
     # row-major reading would give runs 1, 3, 2 instead
     assert decode_rle({"size": [2, 3], "counts": [1, 3, 2]}).tolist() == [[0, 1, 0], [1, 1, 0]]
     # 2x2 with only the top-left pixel background: one background run then three foreground
@@ -128,6 +129,9 @@ def test_rle_batch_matches_single_and_non_bool_input():
         {"size": [2, 2], "counts": [2**63 - 1, 2**63 - 1, 6]},  # sums to 4 modulo 2**64
         {"size": [2, 2], "counts": [2**64]},
         {"size": [2, 2], "counts": np.array([1, 2], np.uint32)},
+        {"size": [2, 2], "counts": [1.5, 3.5]},  # truncated, 1 + 3 would tile the 4 pixels
+        {"size": [2, 2], "counts": np.array([1.5, 3.5])},
+        {"size": [2, 2], "counts": ["1", "3"]},
         {"size": [2, 2], "counts": np.array([2**64 - 1, 5], np.uint64)},  # wraps to -1 as int64: refused
         {"size": [2, 2], "counts": np.array([[1, 3]], np.uint32)},  # runs are 1-D
         {"size": [2], "counts": "13"},
