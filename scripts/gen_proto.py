@@ -3,7 +3,7 @@
 Usage: ``python scripts/gen_proto.py [--out DIR]``. The generated modules are committed; a test regenerates
 them into a temp dir and fails when the committed copies are stale. protoc writes absolute imports
 (``from segany.v1 import segany_pb2``); they are rewritten to package-relative ones so the modules work wherever
-the package is installed.
+the package is installed, and the messages' module name becomes ``segany.service.proto.segany_pb2``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def generate(out_dir: Path) -> list[Path]:
         for name in GENERATED:
             text = (Path(tmp) / "segany" / "v1" / name).read_text()
             text = _ABS_IMPORT.sub(r"from . import \1 as \2", text)
+            # The message classes' __module__ names where they really live, so pickle (Ray Serve ships requests
+            # between processes that way) finds them by import.
+            text = text.replace("'segany.v1.segany_pb2'", "'segany.service.proto.segany_pb2'")
             if name.endswith(".pyi"):  # the lint config excludes the generated .py files, not their stubs
                 text = "# ruff: noqa\n" + text
             target = out_dir / name

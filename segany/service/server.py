@@ -92,15 +92,9 @@ def _credentials(settings: Settings):
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
-async def create_server(settings: Settings | None = None, model=None) -> tuple[Service, int]:
-    """Build, bind and start a server; the model warms up in the background (health NOT_SERVING until then).
-
-    Args:
-        settings: see :class:`Settings`; ``port=0`` binds a free port.
-        model: an already built model (tests); otherwise loaded from ``settings.checkpoint``/``settings.model``
-            (neither: the shipped default).
-    Returns:
-        The :class:`Service` and the bound port.
+async def build_servicer(settings: Settings, model=None) -> SeganyServicer:
+    """The servicer with its engine, cache and metrics, not bound to any server (``create_server`` and the Ray Serve
+    application both use it). The model is loaded here unless given; warm it with ``servicer.engine.warm_up()``.
     """
     import torch
 
@@ -110,7 +104,6 @@ async def create_server(settings: Settings | None = None, model=None) -> tuple[S
     from segany.models import load_model
     from segany.predictor import Predictor
 
-    settings = (settings or Settings()).validated()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     if model is None:
@@ -156,7 +149,22 @@ async def create_server(settings: Settings | None = None, model=None) -> tuple[S
         yield "segany_cache_bytes", "gauge", "bytes held by the embedding cache", cs.bytes or 0
         yield "segany_cache_max_bytes", "gauge", "embedding cache budget in bytes", cs.max_bytes or 0
 
-    metrics = ServiceMetrics(gauges)
+    return SeganyServicer(engine, settings, ServiceMetrics(gauges), model)
+
+
+async def create_server(settings: Settings | None = None, model=None) -> tuple[Service, int]:
+    """Build, bind and start a server; the model warms up in the background (health NOT_SERVING until then).
+
+    Args:
+        settings: see :class:`Settings`; ``port=0`` binds a free port.
+        model: an already built model (tests); otherwise loaded from ``settings.checkpoint``/``settings.model``
+            (neither: the shipped default).
+    Returns:
+        The :class:`Service` and the bound port.
+    """
+    settings = (settings or Settings()).validated()
+    servicer = await build_servicer(settings, model)
+    metrics = servicer.metrics
     interceptors = [ObservabilityInterceptor(metrics)]
     if settings.auth_token:
         interceptors.append(BearerTokenInterceptor(settings.auth_token))
@@ -168,7 +176,6 @@ async def create_server(settings: Settings | None = None, model=None) -> tuple[S
             ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent second listener
         ],
     )
-    servicer = SeganyServicer(engine, settings, metrics, model)
     segany_pb2_grpc.add_SeganyServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,0 +1,94 @@
+"""The Ray Serve application: two replicas behind Ray's gRPC proxy sharing a Redis cache, driven by the real client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ray = pytest.importorskip("ray")
+redis = pytest.importorskip("redis")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cache"))
+from test_redis import _start_redis, _stop  # noqa: E402  (the redis-server helper of the cache tests)
+
+from segany.client import Client, InvalidArgument, NotFound  # noqa: E402
+from tests.service.conftest import png_bytes, random_image  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    process, url = _start_redis()
+    yield url
+    _stop(process)
+
+
+@pytest.fixture(scope="module")
+def ray_address(redis_url):
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    from segany.service.ray_app import SERVICER_FUNCTION, app
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # closed network: no usage report
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 << 20, log_to_driver=False)
+    grpc_port = _free_port()
+    try:
+        serve.start(grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER_FUNCTION]),
+                    http_options={"host": "127.0.0.1", "port": _free_port()})
+        serve.run(app({"num_replicas": 2, "redis_url": redis_url, "cache_bytes": 64 << 20}), name="segany")
+        yield f"127.0.0.1:{grpc_port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_replicas_answer_like_the_predictor_and_share_embeddings(ray_address, redis_url):
+    import segany
+    from segany.embedding import ImageEmbedding
+    from segany.images import decode_image
+
+    array = random_image(120, 160, seed=5)
+    data = png_bytes(array)
+    predictor = segany.Predictor(segany.load_model())
+    local = predictor.encode(decode_image(data))
+    with Client(ray_address, timeout=120) as client:
+        img = client.embed(data, return_embedding=True)
+        assert (img.height, img.width) == (120, 160)
+        # The replica runs on its own thread budget (Ray gives it one CPU): its bf16 encoder rounds differently, so
+        # the embedding is compared with a tolerance and the masks are checked against a decode of its embedding.
+        embedding = ImageEmbedding.from_bytes(img.embedding)
+        assert embedding.model_fingerprint == local.model_fingerprint
+        remote, here = embedding.image_embeddings.numpy().ravel(), local.image_embeddings.numpy().ravel()
+        assert np.dot(remote, here) / (np.linalg.norm(remote) * np.linalg.norm(here)) > 0.999
+        assert np.abs(remote - here).mean() < 0.02
+        store = redis.Redis.from_url(redis_url)
+        assert store.dbsize() >= 1  # the embedding went to the shared tier
+        hits_before = int(store.info("stats")["keyspace_hits"])
+        for i in range(20):  # routed to either replica: the one that did not encode reads the shared tier
+            click = [[20 + 6 * i, 30 + 3 * i]]
+            res = client.segment(img.id, points=click, labels=[1], multimask=True)
+            ref = predictor.predict(embedding, points=click, labels=[1], multimask=True)
+            inter = np.logical_and(res.masks, ref.masks).sum(axis=(1, 2))
+            union = np.logical_or(res.masks, ref.masks).sum(axis=(1, 2))
+            assert (inter >= 0.99 * union).all(), (inter, union)
+            np.testing.assert_allclose(res.scores, ref.scores, atol=1e-2)
+        assert int(store.info("stats")["keyspace_hits"]) > hits_before
+        store.close()
+        # errors keep their status codes and messages through Ray's proxy
+        with pytest.raises(NotFound, match="call Embed"):
+            client.segment("0" * 64, points=[[10, 10]], labels=[1])
+        with pytest.raises(InvalidArgument, match="NaN"):
+            client.segment(img.id, points=[[float("nan"), 10]], labels=[1])
+        assert client.embed(data).cached
