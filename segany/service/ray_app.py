@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from ray import serve
 
+from segany import runtime
 from segany.service.proto import segany_pb2 as pb
 from segany.service.settings import Settings
 
@@ -55,7 +56,17 @@ class _Context:
         return self._ray.peer()
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16)
+#: ``segany serve``'s process settings (:func:`segany.runtime.tune_process`) as environment for the replica processes:
+#: Ray starts those, so the settings must be in place when each process starts (glibc reads its variables then).
+REPLICA_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "MALLOC_MMAP_THRESHOLD_": str(runtime.MMAP_THRESHOLD_BYTES),
+    "MALLOC_TRIM_THRESHOLD_": str(runtime.TRIM_THRESHOLD_BYTES),
+    "MALLOC_ARENA_MAX": str(runtime.ARENA_MAX),
+}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}}, max_ongoing_requests=16)
 class SeganyReplica:
     """One replica: the segany servicer, built on the replica's event loop at the first call and warmed once."""
 
@@ -120,4 +131,4 @@ def app(args: dict[str, Any] | None = None) -> serve.Application:
     return SeganyReplica.options(num_replicas=replicas).bind(args)
 
 
-__all__ = ["SERVICER_FUNCTION", "SeganyReplica", "app"]
+__all__ = ["REPLICA_ENV", "SERVICER_FUNCTION", "SeganyReplica", "app"]

@@ -92,3 +92,30 @@ def test_replicas_answer_like_the_predictor_and_share_embeddings(ray_address, re
         with pytest.raises(InvalidArgument, match="NaN"):
             client.segment(img.id, points=[[float("nan"), 10]], labels=[1])
         assert client.embed(data).cached
+        info = client.model_info()
+        assert info.ready and info.fingerprint == local.model_fingerprint
+
+
+def _replica_pids() -> list[int]:
+    """Processes whose title Ray set to the replica's (``ray::ServeReplica:segany:SeganyReplica``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"ServeReplica:segany:SeganyReplica" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_replicas_start_with_the_serve_process_settings(ray_address):
+    from segany.service.ray_app import REPLICA_ENV
+
+    # glibc reads its malloc variables when a process starts, and Ray starts the replicas: check their environment
+    pids = _replica_pids()
+    assert len(pids) == 2
+    for pid in pids:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        env = dict(item.decode(errors="replace").split("=", 1) for item in environ if b"=" in item)
+        assert {k: env.get(k) for k in REPLICA_ENV} == REPLICA_ENV
+    assert REPLICA_ENV["MALLOC_ARENA_MAX"] == "1" and REPLICA_ENV["OMP_WAIT_POLICY"] == "PASSIVE"
