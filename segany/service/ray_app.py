@@ -5,8 +5,8 @@
 Each replica runs the same servicer as ``segany serve`` (:func:`segany.service.server.build_servicer`): its own
 model, encode queue and in-memory cache tier, and, with ``redis_url``, the shared Redis tier, so an image embedded
 through one replica is found by the others (whichever one Ray routes the next click to). Errors keep their status
-codes and messages. Ray's proxy carries unary calls only: ``SegmentStream`` is not served here (UNIMPLEMENTED);
-clients use ``Segment``. Ray's own health check (``ray.serve.RayServeAPIService/Healthz``) replaces grpc.health.v1;
+codes and messages. ``SegmentStream`` is not served here (Ray's gRPC proxy does not carry bidirectional
+streams); clients use ``Segment``. Ray's own health check (``ray.serve.RayServeAPIService/Healthz``) replaces grpc.health.v1;
 a replica loads and warms its model at its first call, which waits for it (a replica whose model cannot load answers
 UNAVAILABLE with the reason).
 
