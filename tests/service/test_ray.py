@@ -119,3 +119,22 @@ def test_replicas_start_with_the_serve_process_settings(ray_address):
         env = dict(item.decode(errors="replace").split("=", 1) for item in environ if b"=" in item)
         assert {k: env.get(k) for k in REPLICA_ENV} == REPLICA_ENV
     assert REPLICA_ENV["MALLOC_ARENA_MAX"] == "1" and REPLICA_ENV["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_serve_config_is_valid_and_names_this_app():
+    import importlib
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from segany.service.ray_app import SERVICER_FUNCTION, app
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "ray" / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    assert schema.grpc_options.grpc_servicer_functions == [SERVICER_FUNCTION]
+    (application,) = schema.applications
+    module, name = application.import_path.split(":")
+    assert getattr(importlib.import_module(module), name) is app
+    app(application.args)  # every arg is a known setting
+    with pytest.raises(ValueError, match="unknown segany settings"):
+        app({"redis": "redis://x"})
