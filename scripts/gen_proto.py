@@ -46,7 +46,10 @@ def generate(out_dir: Path) -> list[Path]:
             text = _ABS_IMPORT.sub(r"from . import \1 as \2", text)
             # The message classes' __module__ names where they really live, so pickle (Ray Serve ships requests
             # between processes that way) finds them by import.
-            text = text.replace("'segany.v1.segany_pb2'", "'segany.service.proto.segany_pb2'")
+            if name == "segany_pb2.py":
+                if "'segany.v1.segany_pb2'" not in text:
+                    raise SystemExit("protoc's module name for the messages was not found; update gen_proto.py")
+                text = text.replace("'segany.v1.segany_pb2'", "'segany.service.proto.segany_pb2'")
             if name.endswith(".pyi"):  # the lint config excludes the generated .py files, not their stubs
                 text = "# ruff: noqa\n" + text
             target = out_dir / name

@@ -5,10 +5,10 @@
 Each replica runs the same servicer as ``segany serve`` (:func:`segany.service.server.build_servicer`): its own
 model, encode queue and in-memory cache tier, and, with ``redis_url``, the shared Redis tier, so an image embedded
 through one replica is found by the others (whichever one Ray routes the next click to). Errors keep their status
-codes and messages. ``SegmentStream`` is not served here (Ray's gRPC proxy does not carry bidirectional
-streams); clients use ``Segment``. Ray's own health check (``ray.serve.RayServeAPIService/Healthz``) replaces grpc.health.v1;
-a replica loads and warms its model at its first call, which waits for it (a replica whose model cannot load answers
-UNAVAILABLE with the reason).
+codes and messages. ``SegmentStream`` is not implemented here; clients use ``Segment``. Ray's own health check
+(``ray.serve.RayServeAPIService/Healthz``) replaces grpc.health.v1. A replica loads and warms its model at its first
+call, which waits for it; a replica whose model cannot load answers UNAVAILABLE with the reason and reports itself
+unhealthy, so Ray replaces it.
 
 Ray starts the proxy with ``grpc_options``: ``grpc_servicer_functions`` must name
 ``segany.service.proto.segany_pb2_grpc.add_SeganyServicer_to_server`` (see ``deploy/ray/serve_config.yaml``).
@@ -25,6 +25,7 @@ import grpc
 from ray import serve
 
 from segany import runtime
+from segany.service import interceptors  # the module, not its ContextVar: Ray pickles this class by value
 from segany.service.proto import segany_pb2 as pb
 from segany.service.settings import Settings
 
@@ -66,6 +67,13 @@ REPLICA_ENV = {
 }
 
 
+#: Settings that belong to ``segany serve``'s own listener and are not applied behind Ray's proxy: refused by
+#: :func:`app` rather than silently ignored (an ``auth_token`` that protects nothing would be worse than an error).
+#: ``cache_dir`` is refused too: replicas on one node would share a disk tier made for one process.
+NOT_FOR_RAY = ("host", "port", "auth_token", "tls_cert", "tls_key", "tls_client_ca", "metrics_port", "http_port",
+               "reflection", "grace_seconds", "warmup", "cache_dir", "decoder_onnx_provider")
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}}, max_ongoing_requests=16)
 class SeganyReplica:
     """One replica: the segany servicer, built on the replica's event loop at the first call and warmed once."""
@@ -86,8 +94,17 @@ class SeganyReplica:
         from segany.service.server import build_servicer
 
         servicer = await build_servicer(self.settings)
-        await servicer.engine.warm_up()
+        try:
+            await servicer.engine.warm_up()
+        except BaseException:
+            await servicer.engine.close()
+            raise
         self._servicer = servicer
+
+    def check_health(self) -> None:
+        """Ray's periodic probe: a replica whose model failed to load is unhealthy, and Ray starts a new one."""
+        if self._building is not None and self._building.done() and self._building.exception() is not None:
+            raise RuntimeError(f"the model did not load: {self._building.exception()}")
 
     async def _call(self, name: str, request, grpc_context, empty):
         try:
@@ -97,10 +114,14 @@ class SeganyReplica:
             grpc_context.set_code(grpc.StatusCode.UNAVAILABLE)
             grpc_context.set_details(f"this segany replica could not load its model: {exc}")
             return empty
+        context = _Context(grpc_context)
+        token = interceptors.REQUEST_ID.set(interceptors._request_id(context))  # named in INTERNAL messages, logs
         try:
-            return await getattr(servicer, name)(request, _Context(grpc_context))
+            return await getattr(servicer, name)(request, context)
         except _Aborted:
             return empty
+        finally:
+            interceptors.REQUEST_ID.reset(token)
 
     async def Embed(self, request: pb.EmbedRequest, grpc_context) -> pb.EmbedResponse:  # noqa: N802 - RPC names
         return await self._call("Embed", request, grpc_context, pb.EmbedResponse())
@@ -120,15 +141,21 @@ class SeganyReplica:
 
 def app(args: dict[str, Any] | None = None) -> serve.Application:
     """The application: ``args`` are :class:`Settings` fields (``redis_url``, ``model``, ``cache_bytes``, ...) plus
-    ``num_replicas`` (default 1). Usable as an import path in a Serve config (``segany.service.ray_app:app``).
+    ``num_replicas`` (default 1) and ``num_cpus`` per replica (default 1). Usable as an import path in a Serve config
+    (``segany.service.ray_app:app``). Unknown names, the settings in :data:`NOT_FOR_RAY` and invalid values are
+    refused here, before any replica starts.
     """
     args = dict(args or {})
     replicas = int(args.pop("num_replicas", 1))
-    known = {f.name for f in dataclasses.fields(Settings)}
+    cpus = float(args.pop("num_cpus", 1))
+    known = {f.name for f in dataclasses.fields(Settings)} - set(NOT_FOR_RAY)
     unknown = sorted(set(args) - known)
     if unknown:
-        raise ValueError(f"unknown segany settings for the Ray app: {unknown}; known: {sorted(known)}")
-    return SeganyReplica.options(num_replicas=replicas).bind(args)
+        raise ValueError(f"unknown segany settings for the Ray app: {unknown} (settings of segany serve's own "
+                         f"listener do not apply behind Ray's proxy); known: {sorted(known)}")
+    Settings(**args).validated()
+    options = {"num_cpus": cpus, "runtime_env": {"env_vars": REPLICA_ENV}}
+    return SeganyReplica.options(num_replicas=replicas, ray_actor_options=options).bind(args)
 
 
-__all__ = ["REPLICA_ENV", "SERVICER_FUNCTION", "SeganyReplica", "app"]
+__all__ = ["NOT_FOR_RAY", "REPLICA_ENV", "SERVICER_FUNCTION", "SeganyReplica", "app"]

@@ -44,3 +44,14 @@ def test_client_does_not_import_torch():
 
     code = "import sys, segany.client; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_messages_pickle_by_their_real_module():
+    import pickle
+
+    from segany.service.proto import segany_pb2 as pb
+
+    # Ray Serve pickles requests between processes: the module protoc names must be importable
+    assert pb.EmbedRequest.__module__ == "segany.service.proto.segany_pb2"
+    message = pb.SegmentRequest(multimask=True, outputs=pb.OutputOptions(rle=True, rle_runs=True))
+    assert pickle.loads(pickle.dumps(message)) == message

@@ -41,6 +41,7 @@ def ray_address(redis_url):
 
     from segany.service.ray_app import SERVICER_FUNCTION, app
 
+    previous = os.environ.get("RAY_USAGE_STATS_ENABLED")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # closed network: no usage report
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 << 20, log_to_driver=False)
     grpc_port = _free_port()
@@ -52,6 +53,10 @@ def ray_address(redis_url):
     finally:
         serve.shutdown()
         ray.shutdown()
+        if previous is None:
+            os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
+        else:
+            os.environ["RAY_USAGE_STATS_ENABLED"] = previous
 
 
 def test_replicas_answer_like_the_predictor_and_share_embeddings(ray_address, redis_url):
@@ -96,14 +101,24 @@ def test_replicas_answer_like_the_predictor_and_share_embeddings(ray_address, re
         assert info.ready and info.fingerprint == local.model_fingerprint
 
 
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the parent
+    return False
+
+
 def _replica_pids() -> list[int]:
-    """Processes whose title Ray set to the replica's (``ray::ServeReplica:segany:SeganyReplica``)."""
+    """This test's replica processes: titled ``ray::ServeReplica:segany:SeganyReplica`` by Ray, and started by the
+    raylet that ``ray.init`` started from this process (another Ray cluster on the host does not count)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and b"ServeReplica:segany:SeganyReplica" in (proc / "cmdline").read_bytes():
+            if (proc.name.isdigit() and b"ServeReplica:segany:SeganyReplica" in (proc / "cmdline").read_bytes()
+                    and _descends_from(int(proc.name), os.getpid())):
                 pids.append(int(proc.name))
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
     return pids
 
@@ -138,3 +153,44 @@ def test_serve_config_is_valid_and_names_this_app():
     app(application.args)  # every arg is a known setting
     with pytest.raises(ValueError, match="unknown segany settings"):
         app({"redis": "redis://x"})
+
+
+def test_app_refuses_settings_that_do_not_apply_behind_ray():
+    from segany.service.ray_app import app
+
+    with pytest.raises(ValueError, match="auth_token"):
+        app({"auth_token": "secret"})  # would protect nothing behind Ray's proxy
+    with pytest.raises(ValueError, match="cache_dir"):
+        app({"cache_dir": "/tmp/x"})
+    with pytest.raises(Exception, match="precision"):
+        app({"precision": "fastest"})  # validated before any replica starts
+
+
+def test_a_replica_whose_model_cannot_load_answers_unavailable_and_reports_unhealthy():
+    import asyncio
+
+    import grpc
+
+    from segany.service.proto import segany_pb2 as pb
+    from segany.service.ray_app import SeganyReplica
+
+    class RayContext:  # what Ray's RayServegRPCContext offers the replica
+        code = details = None
+
+        def set_code(self, code):
+            self.code = code
+
+        def set_details(self, details):
+            self.details = details
+
+        def invocation_metadata(self):
+            return ()
+
+    replica = SeganyReplica.func_or_class({"model": "no-such-model"})
+    replica.check_health()  # nothing built yet: healthy
+    context = RayContext()
+    answer = asyncio.run(replica.Segment(pb.SegmentRequest(), context))
+    assert answer == pb.SegmentResponse()
+    assert context.code == grpc.StatusCode.UNAVAILABLE and "could not load its model" in context.details
+    with pytest.raises(RuntimeError, match="did not load"):
+        replica.check_health()
