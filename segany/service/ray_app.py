@@ -82,6 +82,7 @@ class SeganyReplica:
         self.settings = Settings(**(settings or {})).validated()
         self._servicer = None
         self._building: asyncio.Task | None = None
+        self._failure_logged = False
 
     async def _ready(self):
         if self._servicer is None:
@@ -110,7 +111,9 @@ class SeganyReplica:
         try:
             servicer = await self._ready()
         except Exception as exc:  # noqa: BLE001 - every call says why this replica cannot serve
-            log.exception("segany replica: the model did not load")
+            if not self._failure_logged:  # once, with the traceback; every call still answers with the reason
+                log.exception("segany replica: the model did not load")
+                self._failure_logged = True
             grpc_context.set_code(grpc.StatusCode.UNAVAILABLE)
             grpc_context.set_details(f"this segany replica could not load its model: {exc}")
             return empty
