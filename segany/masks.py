@@ -95,13 +95,8 @@ def encode_rle_batch(masks: np.ndarray) -> list[dict]:
     count, height, width = m.shape
     if count == 0:
         return []
-    # pycocotools wants (H, W, C) in Fortran order, i.e. each mask transposed, one after another. OpenCV's blocked
-    # transpose writes that layout several times faster than numpy's strided copy (np.asfortranarray).
-    columns = np.empty((count, width, height), np.uint8)
-    if height and width:
-        for c in range(count):
-            cv2.transpose(np.ascontiguousarray(m[c]).view(np.uint8), columns[c])
-    stacked = columns.transpose(2, 1, 0)  # (H, W, C), Fortran-contiguous: no copy below
+    # pycocotools wants (H, W, C) in Fortran order, i.e. each mask transposed, one after another.
+    stacked = _column_major(m).transpose(2, 1, 0)  # (H, W, C), Fortran-contiguous: no copy below
     return [
         {"size": [int(height), int(width)], "counts": r["counts"].decode("ascii")} for r in coco_mask.encode(stacked)
     ]
@@ -129,17 +124,25 @@ def rle_runs_batch(masks: np.ndarray) -> list[np.ndarray]:
         raise InvalidInputError(f"masks of {height}x{width} pixels are too large for uint32 run lengths")
     if pixels == 0:
         return [np.zeros(0, np.uint32) for _ in range(count)]
-    columns = np.empty((width, height), np.uint8)
     edges = np.empty(pixels + 1, bool)  # edges[i]: a run starts at pixel i (pixels = the end of the last run)
     edges[-1] = True
     out = []
-    for c in range(count):
-        cv2.transpose(np.ascontiguousarray(m[c]).view(np.uint8), columns)  # column-major pixels, OpenCV's blocked copy
-        flat = columns.reshape(-1)
+    for flat in _column_major(m).reshape(count, pixels):
         edges[0] = flat[0] != 0  # a foreground first pixel ends an empty background run at 0
         np.not_equal(flat[1:], flat[:-1], out=edges[1:pixels])
         out.append(np.diff(np.flatnonzero(edges), prepend=0).astype(np.uint32))
     return out
+
+
+def _column_major(m: np.ndarray) -> np.ndarray:
+    """(C, H, W) bool -> (C, W, H) uint8: each mask's pixels in column-major (COCO) order. OpenCV's blocked
+    transpose writes this several times faster than numpy's strided copy (np.asfortranarray)."""
+    count, height, width = m.shape
+    columns = np.empty((count, width, height), np.uint8)
+    if height and width:
+        for c in range(count):
+            cv2.transpose(np.ascontiguousarray(m[c]).view(np.uint8), columns[c])
+    return columns
 
 
 def decode_rle(rle: Mapping) -> np.ndarray:
