@@ -50,11 +50,8 @@ class _Context:
         self._ray.set_details(details)
         raise _Aborted(details)
 
-    def invocation_metadata(self):
+    def invocation_metadata(self):  # the request id (segany.service.interceptors._request_id)
         return self._ray.invocation_metadata()
-
-    def peer(self) -> str:
-        return self._ray.peer()
 
 
 #: ``segany serve``'s process settings (:func:`segany.runtime.tune_process`) as environment for the replica processes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -15,16 +14,10 @@ ray = pytest.importorskip("ray")
 redis = pytest.importorskip("redis")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cache"))
-from test_redis import _start_redis, _stop  # noqa: E402  (the redis-server helper of the cache tests)
+from test_redis import _free_port, _start_redis, _stop  # noqa: E402  (the helpers of the cache tests)
 
 from segany.client import Client, InvalidArgument, NotFound  # noqa: E402
 from tests.service.conftest import png_bytes, random_image  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
