@@ -29,7 +29,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -136,6 +136,10 @@ class EngineStats:
     encoding: int = 0
 
 
+#: An encoder outside this engine (see :class:`Engine`): images in, one embedding or exception per image out.
+RemoteEncoder = Callable[[list[np.ndarray]], Awaitable[list["ImageEmbedding | BaseException"]]]
+
+
 @dataclass(eq=False)
 class _EncodeJob:
     key: str
@@ -155,10 +159,18 @@ class Engine:
         predictor: the model wrapper (stateless, shared by all threads).
         cache: where embeddings live; its key is the image id.
         settings: queue sizes, limits and executors.
+        encoder: where the queue's micro-batches are encoded, when not by ``predictor`` on this process's encode
+            thread: a coroutine function taking a list of RGB images and returning one embedding (or the exception
+            that image raised) per image, e.g. a call to a separate encoder deployment
+            (:mod:`segany.service.ray_app`). The embeddings must come from the same weights: one with another model
+            fingerprint fails its callers with :class:`ModelMismatchError`. Everything else (merging, queue limits,
+            cache, cancellation) is the same.
     """
 
-    def __init__(self, predictor: Predictor, cache: EmbeddingCache, settings: EngineSettings | None = None) -> None:
+    def __init__(self, predictor: Predictor, cache: EmbeddingCache, settings: EngineSettings | None = None,
+                 encoder: RemoteEncoder | None = None) -> None:
         self.predictor = predictor
+        self._remote = encoder
         self.cache = cache
         self.settings = settings or EngineSettings()
         self.fingerprint = predictor.fingerprint
@@ -190,7 +202,12 @@ class Engine:
         """One encode and one decode on a small synthetic image (first calls allocate and pick kernels)."""
         image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
         loop = asyncio.get_running_loop()
-        embedding = await loop.run_in_executor(self._encode_pool, self._encode_one, image)
+        if self._remote is not None:  # the remote encoder answers too (and with this model's fingerprint)
+            (embedding,) = await self._encode_remote([image])
+            if isinstance(embedding, BaseException):
+                raise embedding
+        else:
+            embedding = await loop.run_in_executor(self._encode_pool, self._encode_one, image)
         prompt = Prompt(np.array([[48.0, 32.0]]), np.array([1]))
         await loop.run_in_executor(
             self._decode_pool, self._decode_sync, embedding, [prompt], True, OutputSpec(), False
@@ -387,7 +404,10 @@ class Engine:
                 job.stages["queue_wait"] = now - job.queued_at
             self.stats.encoding = len(batch)
             try:
-                outcomes = await loop.run_in_executor(self._encode_pool, self._encode_sync, batch)
+                if self._remote is not None:
+                    outcomes = await self._encode_remote([job.image for job in batch])
+                else:
+                    outcomes = await loop.run_in_executor(self._encode_pool, self._encode_sync, batch)
             finally:
                 self.stats.encoding = 0
             elapsed = time.perf_counter() - now
@@ -403,6 +423,28 @@ class Engine:
                         log.exception("cache put failed for %s", job.key)
                     outcome = (outcome, False)
                 self._finish(job, outcome)
+
+    async def _encode_remote(self, images: list[np.ndarray]) -> list:
+        """The remote encoder's outcomes for ``images``; its failure as a whole fails each image with UNAVAILABLE."""
+        assert self._remote is not None
+        try:
+            outcomes = list(await self._remote(images))
+            if len(outcomes) != len(images):
+                raise RuntimeError(f"it returned {len(outcomes)} results for {len(images)} images")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the jobs' outcome: the callers may retry elsewhere
+            log.exception("the remote encoder failed")
+            return [UnavailableError(f"the image encoder is unavailable: {exc}; retry later") for _ in images]
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, ImageEmbedding) and outcome.model_fingerprint != self.fingerprint:
+                outcomes[i] = ModelMismatchError(
+                    f"the image encoder runs model {outcome.model_fingerprint}, this decoder {self.fingerprint}: "
+                    "deploy both from the same weights"
+                )
+            elif not isinstance(outcome, (ImageEmbedding, BaseException)):
+                outcomes[i] = UnavailableError(f"the image encoder returned a {type(outcome).__name__}")
+        return outcomes
 
     def _encode_one(self, image: np.ndarray) -> ImageEmbedding:
         with self._threads.use(claim_all=True):

@@ -4,6 +4,7 @@ decodes that do not wait behind encodes, ids and errors."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import threading
 import time
@@ -314,3 +315,86 @@ def test_concurrent_decodes_share_the_decode_threads(tiny_model):
     assert predictor.seen[3] == 4
     # Another thread count may sum in another order: the same answer to float rounding.
     np.testing.assert_allclose(together[0][0].scores, together[1][0].scores, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ remote encoder
+class FakeRemoteEncoder:
+    """An encoder "elsewhere": another predictor on the same weights, counting calls; can fail or lie."""
+
+    def __init__(self, model, fingerprint: str | None = None, fail: bool = False) -> None:
+        self.predictor = Predictor(model)
+        self.calls: list[int] = []
+        self.fingerprint = fingerprint
+        self.fail = fail
+
+    async def __call__(self, images):
+        self.calls.append(len(images))
+        await asyncio.sleep(0.05)  # a round trip: concurrent callers join the job meanwhile
+        if self.fail:
+            raise ConnectionError("encoder replica died")
+        out = []
+        for image in images:
+            if image.shape[0] == 13:  # stands for an image the encoder cannot take
+                out.append(InvalidInputError("cannot encode this one"))
+                continue
+            embedding = self.predictor.encode(image)
+            if self.fingerprint is not None:
+                embedding = dataclasses.replace(embedding, model_fingerprint=self.fingerprint)
+            out.append(embedding)
+        return out
+
+
+def test_a_remote_encoder_does_the_encodes_and_the_engine_the_rest(tiny_model):
+    predictor = CountingPredictor(tiny_model)
+    remote = FakeRemoteEncoder(tiny_model)
+    engine = Engine(predictor, MemoryCache(64 << 20), EngineSettings(encode_batch=4), encoder=remote)
+    data = png(3)
+
+    async def main():
+        await engine.warm_up()
+        assert remote.calls == [1] and engine.ready
+        results = await asyncio.gather(*(engine.embed_bytes(data) for _ in range(8)))  # merged into one job
+        assert len({r.image_id for r in results}) == 1 and remote.calls == [1, 1]
+        again = await engine.embed_bytes(data)
+        assert again.cached and remote.calls == [1, 1]  # the engine's cache answers
+        embedding = await engine.lookup(again.image_id)
+        prompt = make_prompt(embedding.original_size, [[20, 10]], [1])
+        (out,) = await engine.segment(embedding, [prompt], True, OutputSpec(rle=False, bbox=False))
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        ref = remote.predictor.predict(remote.predictor.encode(pixels), points=[[20, 10]], labels=[1], multimask=True)
+        np.testing.assert_allclose([c.score for c in out.candidates], ref.scores, atol=1e-5)
+        # a bad image fails only itself
+        bad = random_image(13, 20, seed=1)
+        good = random_image(30, 20, seed=2)
+        res = await asyncio.gather(engine.embed_array(bad), engine.embed_array(good), return_exceptions=True)
+        assert isinstance(res[0], InvalidInputError) and not isinstance(res[1], BaseException)
+        await engine.close()
+
+    asyncio.run(main())
+    assert predictor.calls == []  # this process never ran the image encoder
+
+
+def test_a_failing_or_foreign_remote_encoder_is_a_clear_error(tiny_model):
+    from segany.errors import ModelMismatchError, UnavailableError
+
+    async def main(remote):
+        engine = Engine(Predictor(tiny_model), MemoryCache(64 << 20), encoder=remote)
+        try:
+            return await asyncio.gather(engine.embed_bytes(png(4)), return_exceptions=True)
+        finally:
+            await engine.close()
+
+    (failed,) = asyncio.run(main(FakeRemoteEncoder(tiny_model, fail=True)))
+    assert isinstance(failed, UnavailableError) and "encoder replica died" in str(failed)
+    (foreign,) = asyncio.run(main(FakeRemoteEncoder(tiny_model, fingerprint="other-weights")))
+    assert isinstance(foreign, ModelMismatchError) and "other-weights" in str(foreign)
+
+    async def warm(remote):
+        engine = Engine(Predictor(tiny_model), MemoryCache(64 << 20), encoder=remote)
+        try:
+            await engine.warm_up()
+        finally:
+            await engine.close()
+
+    with pytest.raises(ModelMismatchError, match="same weights"):  # a mismatched deployment never turns ready
+        asyncio.run(warm(FakeRemoteEncoder(tiny_model, fingerprint="other-weights")))

@@ -92,9 +92,10 @@ def _credentials(settings: Settings):
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
-async def build_servicer(settings: Settings, model=None) -> SeganyServicer:
+async def build_servicer(settings: Settings, model=None, encoder=None) -> SeganyServicer:
     """The servicer with its engine, cache and metrics, not bound to any server (``create_server`` and the Ray Serve
     application both use it). The model is loaded here unless given; warm it with ``servicer.engine.warm_up()``.
+    ``encoder``: the engine's remote encoder (see :class:`segany.engine.Engine`), when images are encoded elsewhere.
     """
     import torch
 
@@ -125,6 +126,7 @@ async def build_servicer(settings: Settings, model=None) -> SeganyServicer:
             max_points=settings.max_points_per_prompt,
             mask_store_bytes=settings.mask_store_bytes,
         ),
+        encoder=encoder,
     )
 
     def gauges():
