@@ -35,6 +35,12 @@ from segany.service.proto import segany_pb2_grpc as pb_grpc
 #: gRPC's 4 MiB default.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT = 120.0
+#: The metadata key Ray Serve's gRPC proxy routes by (see :meth:`_Base._metadata_for`).
+ROUTING_KEY = "multiplexed_model_id"
+
+
+def _source(request) -> pb.ImageSource | None:
+    return request.image if isinstance(request, (pb.EmbedRequest, pb.SegmentRequest)) else None
 
 
 class _Base:
@@ -52,6 +58,13 @@ class _Base:
 
     def _delay(self, attempt: int) -> float:
         return self.backoff * (2**attempt) * (0.5 + random.random())
+
+    def _metadata_for(self, source: pb.ImageSource | None) -> tuple[tuple[str, str], ...]:
+        """The call's metadata; a call naming an image id also carries it as ``multiplexed_model_id``, which Ray
+        Serve's proxy routes by (to a replica holding that image: ``segany.service.ray_app``). Others ignore it."""
+        if source is not None and source.image_id:
+            return (*self._metadata, (ROUTING_KEY, source.image_id))
+        return self._metadata
 
 
 class Client(_Base):
@@ -95,7 +108,7 @@ class Client(_Base):
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return method(request, timeout=remaining, metadata=self._metadata)
+                return method(request, timeout=remaining, metadata=self._metadata_for(_source(request)))
             except grpc.RpcError as exc:
                 error = error_from_rpc(exc)
             delay = self._delay(attempt)
@@ -147,7 +160,7 @@ class Client(_Base):
 
         timeout = self.timeout if timeout is None else timeout
         try:
-            for reply in self._stub.SegmentStream(messages(), timeout=timeout, metadata=self._metadata):
+            for reply in self._stub.SegmentStream(messages(), timeout=timeout, metadata=self._metadata_for(source)):
                 yield stream_result_from(reply)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
@@ -216,7 +229,7 @@ class AsyncClient(_Base):
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return await method(request, timeout=remaining, metadata=self._metadata)
+                return await method(request, timeout=remaining, metadata=self._metadata_for(_source(request)))
             except grpc.RpcError as exc:
                 error = error_from_rpc(exc)
             delay = self._delay(attempt)
@@ -266,7 +279,7 @@ class AsyncClient(_Base):
                     sequence += 1
 
         timeout = self.timeout if timeout is None else timeout
-        call = self._stub.SegmentStream(messages(), timeout=timeout, metadata=self._metadata)
+        call = self._stub.SegmentStream(messages(), timeout=timeout, metadata=self._metadata_for(source))
         try:
             async for reply in call:
                 yield stream_result_from(reply)

@@ -2,13 +2,24 @@
 
     serve run deploy/ray/serve_config.yaml          # or, in Python: serve.run(segany.service.ray_app.app({...}))
 
-Each replica runs the same servicer as ``segany serve`` (:func:`segany.service.server.build_servicer`): its own
-model, encode queue and in-memory cache tier, and, with ``redis_url``, the shared Redis tier, so an image embedded
-through one replica is found by the others (whichever one Ray routes the next click to). Errors keep their status
-codes and messages. ``SegmentStream`` is not implemented here; clients use ``Segment``. Ray's own health check
-(``ray.serve.RayServeAPIService/Healthz``) replaces grpc.health.v1. A replica loads and warms its model at its first
-call, which waits for it; a replica whose model cannot load answers UNAVAILABLE with the reason and reports itself
-unhealthy, so Ray replaces it.
+Each :class:`SeganyReplica` runs the same servicer as ``segany serve`` (:func:`segany.service.server.build_servicer`):
+its own model, encode queue and in-memory cache tier, and, with ``redis_url``, the shared Redis tier, so an image
+embedded through one replica is found by the others. Errors keep their status codes and messages; ``SegmentStream``
+works as with ``segany serve``. Ray's own health check (``ray.serve.RayServeAPIService/Healthz``) replaces
+grpc.health.v1. A replica loads and warms its model at its first call, which waits for it; a replica whose model
+cannot load answers UNAVAILABLE with the reason and reports itself unhealthy, so Ray replaces it.
+
+Two refinements, both optional:
+
+* **A separate encoder deployment** (``encoder_replicas`` >= 1): the heavy image encoder runs in
+  :class:`SeganyEncoder` replicas, sized on their own (``encoder_num_cpus``), and the gRPC-facing replicas only
+  decode. These keep the engine's queue, merging and cache and send the images of each micro-batch to an encoder
+  replica (:class:`segany.engine.Engine`'s remote encoder), so clicks never share a process with an encode, and
+  hold the prompt encoder and mask decoder only (the image encoder's weights are dropped after loading).
+* **Routing by image id**: a replica registers the ids it has embedded or served as Ray "multiplexed model ids", and
+  Ray's proxy sends a call whose ``multiplexed_model_id`` metadata names an image to a replica that has it in memory
+  (a miss is read from the shared tier, never an error). ``segany.client`` sends that metadata with every call that
+  names an image id; other clients may add it.
 
 Ray starts the proxy with ``grpc_options``: ``grpc_servicer_functions`` must name
 ``segany.service.proto.segany_pb2_grpc.add_SeganyServicer_to_server`` (see ``deploy/ray/serve_config.yaml``).
@@ -19,10 +30,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import numpy as np
+import torch
 from ray import serve
+from torch import nn
 
 from segany import runtime
 from segany.service import interceptors  # the module, not its ContextVar: Ray pickles this class by value
@@ -71,12 +86,84 @@ NOT_FOR_RAY = ("host", "port", "auth_token", "tls_cert", "tls_key", "tls_client_
                "reflection", "grace_seconds", "warmup", "cache_dir", "decoder_onnx_provider")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}}, max_ongoing_requests=16)
-class SeganyReplica:
-    """One replica: the segany servicer, built on the replica's event loop at the first call and warmed once."""
+#: Image ids a replica keeps registered for routing (Ray's ``max_num_models_per_replica``). Registering holds no
+#: embedding (the engine's byte-bounded cache does): a routed call whose embedding was evicted reads the shared tier.
+ROUTED_IMAGES_PER_REPLICA = 512
+
+
+class _NoImageEncoder(nn.Module):
+    """Stands in for the image encoder on replicas that decode only: its weights are not kept there."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("this replica decodes only: images are encoded by the SeganyEncoder deployment")
+
+
+def _load_model(settings: Settings):
+    from segany.models import load_model
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    return load_model(settings.checkpoint or settings.model)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}}, max_ongoing_requests=4)
+class SeganyEncoder:
+    """The image encoder alone, for the decoding replicas' engines: a list of RGB images in, one embedding (or the
+    exception that image raised) per image out. Loads its model at the first call; one encode at a time."""
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings = Settings(**(settings or {})).validated()
+        self._predictor = None
+        self._loading: asyncio.Task | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="segany-encode")
+        self._encoded = 0
+
+    def images_encoded(self) -> int:
+        """Images this replica has encoded (for tests and operators, through a deployment handle)."""
+        return self._encoded
+
+    async def _ready(self):
+        if self._predictor is None:
+            if self._loading is None:
+                self._loading = asyncio.get_running_loop().create_task(self._load())
+            await asyncio.shield(self._loading)
+        return self._predictor
+
+    async def _load(self) -> None:
+        from segany.predictor import Predictor
+
+        model = await asyncio.get_running_loop().run_in_executor(self._pool, _load_model, self.settings)
+        self._predictor = Predictor(model, self.settings.precision)
+
+    def check_health(self) -> None:
+        if self._loading is not None and self._loading.done() and self._loading.exception() is not None:
+            raise RuntimeError(f"the model did not load: {self._loading.exception()}")
+
+    async def encode(self, images: list[np.ndarray]) -> list:
+        predictor = await self._ready()
+        outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode_sync, predictor, images)
+        self._encoded += sum(not isinstance(o, BaseException) for o in outcomes)
+        return outcomes
+
+    @staticmethod
+    def _encode_sync(predictor, images: list[np.ndarray]) -> list:
+        try:
+            return list(predictor.encode_batch(images))
+        except Exception as exc:  # noqa: BLE001 - one bad image fails only itself, as in the engine
+            if len(images) == 1:
+                log.exception("segany encoder: an image failed")
+                return [exc]
+        return [SeganyEncoder._encode_sync(predictor, [image])[0] for image in images]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}}, max_ongoing_requests=16)
+class SeganyReplica:
+    """One gRPC-facing replica: the segany servicer, built on the replica's event loop at the first call and warmed
+    once; with an ``encoder`` (a handle to :class:`SeganyEncoder`) it decodes only."""
+
+    def __init__(self, settings: dict[str, Any] | None = None, encoder=None) -> None:
+        self.settings = Settings(**(settings or {})).validated()
+        self._encoder = encoder
         self._servicer = None
         self._building: asyncio.Task | None = None
         self._failure_logged = False
@@ -91,7 +178,12 @@ class SeganyReplica:
     async def _build(self) -> None:
         from segany.service.server import build_servicer
 
-        servicer = await build_servicer(self.settings)
+        model, remote = None, None
+        if self._encoder is not None:
+            model = await asyncio.get_running_loop().run_in_executor(None, _load_model, self.settings)
+            model.image_encoder = _NoImageEncoder()  # the fingerprint was taken at load, from all the weights
+            remote = self._encode_remotely
+        servicer = await build_servicer(self.settings, model, encoder=remote)
         try:
             await servicer.engine.warm_up()
         except BaseException:
@@ -99,20 +191,41 @@ class SeganyReplica:
             raise
         self._servicer = servicer
 
+    async def _encode_remotely(self, images: list[np.ndarray]) -> list:
+        return await self._encoder.encode.remote(images)
+
     def check_health(self) -> None:
         """Ray's periodic probe: a replica whose model failed to load is unhealthy, and Ray starts a new one."""
         if self._building is not None and self._building.done() and self._building.exception() is not None:
             raise RuntimeError(f"the model did not load: {self._building.exception()}")
 
-    async def _call(self, name: str, request, grpc_context, empty):
+    @serve.multiplexed(max_num_models_per_replica=ROUTED_IMAGES_PER_REPLICA)
+    async def _route_here(self, image_id: str) -> bool:
+        """Registers ``image_id`` with Ray's router for this replica once the engine finds its embedding."""
+        await self._servicer.engine.lookup(image_id)
+        return True
+
+    async def _register(self, image_id: str) -> None:
+        if image_id:
+            try:
+                await self._route_here(image_id)
+            except Exception:  # noqa: BLE001 - routing is an optimisation; the call answers for itself
+                pass
+
+    async def _servicer_or_unavailable(self, grpc_context):
         try:
-            servicer = await self._ready()
+            return await self._ready()
         except Exception as exc:  # noqa: BLE001 - every call says why this replica cannot serve
             if not self._failure_logged:  # once, with the traceback; every call still answers with the reason
                 log.exception("segany replica: the model did not load")
                 self._failure_logged = True
             grpc_context.set_code(grpc.StatusCode.UNAVAILABLE)
             grpc_context.set_details(f"this segany replica could not load its model: {exc}")
+            return None
+
+    async def _call(self, name: str, request, grpc_context, empty):
+        servicer = await self._servicer_or_unavailable(grpc_context)
+        if servicer is None:
             return empty
         context = _Context(grpc_context)
         token = interceptors.REQUEST_ID.set(interceptors._request_id(context))  # named in INTERNAL messages, logs
@@ -124,10 +237,29 @@ class SeganyReplica:
             interceptors.REQUEST_ID.reset(token)
 
     async def Embed(self, request: pb.EmbedRequest, grpc_context) -> pb.EmbedResponse:  # noqa: N802 - RPC names
-        return await self._call("Embed", request, grpc_context, pb.EmbedResponse())
+        response = await self._call("Embed", request, grpc_context, pb.EmbedResponse())
+        await self._register(response.image_id)  # the next calls naming this image come here
+        return response
 
     async def Segment(self, request: pb.SegmentRequest, grpc_context) -> pb.SegmentResponse:  # noqa: N802
+        if self._servicer is not None:
+            await self._register(serve.get_multiplexed_model_id())
         return await self._call("Segment", request, grpc_context, pb.SegmentResponse())
+
+    async def SegmentStream(self, request_stream, grpc_context):  # noqa: N802
+        servicer = await self._servicer_or_unavailable(grpc_context)
+        if servicer is None:
+            return
+        await self._register(serve.get_multiplexed_model_id())
+        context = _Context(grpc_context)
+        token = interceptors.REQUEST_ID.set(interceptors._request_id(context))
+        try:
+            async for reply in servicer.SegmentStream(request_stream, context):
+                yield reply
+        except _Aborted:
+            return
+        finally:
+            interceptors.REQUEST_ID.reset(token)
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, grpc_context) -> pb.ModelInfo:  # noqa: N802
         return await self._call("GetModelInfo", request, grpc_context, pb.ModelInfo())
@@ -139,23 +271,42 @@ class SeganyReplica:
         return await self._call("GetMetrics", request, grpc_context, pb.Metrics())
 
 
+#: ``app()`` arguments that are not :class:`Settings` fields, with their defaults.
+DEPLOYMENT_ARGS = {"num_replicas": 1, "num_cpus": 1.0, "encoder_replicas": 0, "encoder_num_cpus": 1.0}
+
+
 def app(args: dict[str, Any] | None = None) -> serve.Application:
     """The application: ``args`` are :class:`Settings` fields (``redis_url``, ``model``, ``cache_bytes``, ...) plus
-    ``num_replicas`` (default 1) and ``num_cpus`` per replica (default 1). Usable as an import path in a Serve config
-    (``segany.service.ray_app:app``). Unknown names, the settings in :data:`NOT_FOR_RAY` and invalid values are
+    ``num_replicas`` (default 1) and ``num_cpus`` per replica (default 1), and, for a separate encoder deployment,
+    ``encoder_replicas`` (default 0: each replica encodes its own images) and ``encoder_num_cpus`` (default 1).
+    Usable as an import path in a Serve config (``segany.service.ray_app:app``). Unknown names, the settings in
+    :data:`NOT_FOR_RAY`, invalid values, and more than one replica of any kind without the shared ``redis_url`` are
     refused here, before any replica starts.
     """
     args = dict(args or {})
-    replicas = int(args.pop("num_replicas", 1))
-    cpus = float(args.pop("num_cpus", 1))
+    deployment = {name: args.pop(name, default) for name, default in DEPLOYMENT_ARGS.items()}
     known = {f.name for f in dataclasses.fields(Settings)} - set(NOT_FOR_RAY)
     unknown = sorted(set(args) - known)
     if unknown:
         raise ValueError(f"unknown segany settings for the Ray app: {unknown} (settings of segany serve's own "
-                         f"listener do not apply behind Ray's proxy); known: {sorted(known)}")
+                         f"listener do not apply behind Ray's proxy); known: {sorted(known | set(DEPLOYMENT_ARGS))}")
     Settings(**args).validated()
-    options = {"num_cpus": cpus, "runtime_env": {"env_vars": REPLICA_ENV}}
-    return SeganyReplica.options(num_replicas=replicas, ray_actor_options=options).bind(args)
+    replicas, encoders = int(deployment["num_replicas"]), int(deployment["encoder_replicas"])
+    if replicas < 1 or encoders < 0:
+        raise ValueError(f"num_replicas must be >= 1 and encoder_replicas >= 0, got {replicas} and {encoders}")
+    if (replicas > 1 or encoders > 0) and not args.get("redis_url"):
+        raise ValueError("several replicas need the shared embedding tier: set redis_url (an image embedded by one "
+                         "replica would be NOT_FOUND on the others)")
+    encoder = None
+    if encoders:
+        encoder_settings = {k: args[k] for k in ("model", "checkpoint", "precision", "torch_threads") if k in args}
+        encoder_options = {"num_cpus": float(deployment["encoder_num_cpus"]),
+                           "runtime_env": {"env_vars": REPLICA_ENV}}
+        encoder = SeganyEncoder.options(num_replicas=encoders, ray_actor_options=encoder_options).bind(
+            encoder_settings)
+    options = {"num_cpus": float(deployment["num_cpus"]), "runtime_env": {"env_vars": REPLICA_ENV}}
+    return SeganyReplica.options(num_replicas=replicas, ray_actor_options=options).bind(args, encoder)
 
 
-__all__ = ["NOT_FOR_RAY", "REPLICA_ENV", "SERVICER_FUNCTION", "SeganyReplica", "app"]
+__all__ = ["DEPLOYMENT_ARGS", "NOT_FOR_RAY", "REPLICA_ENV", "SERVICER_FUNCTION", "SeganyEncoder", "SeganyReplica",
+           "app"]

@@ -99,3 +99,34 @@ def test_prompts_and_results_round_trip():
     with pytest.raises(client.Internal, match="does not decode"):
         client.parse_result(result)
     assert client.Outputs().to_proto().rle_runs and not client.Outputs(rle_runs=False).to_proto().rle_runs
+
+
+def test_calls_naming_an_image_id_carry_it_for_ray_routing():
+    """Ray Serve's proxy routes by ``multiplexed_model_id`` metadata: every call that names an image id sends it."""
+    seen: dict[str, tuple] = {}
+
+    class Stub:
+        def __getattr__(self, name):
+            def call(request, timeout=None, metadata=()):
+                seen[name] = tuple(metadata)
+                if name == "Embed":
+                    return pb.EmbedResponse(image_id="b" * 64, height=2, width=2)
+                if name == "SegmentStream":
+                    return iter(())
+                if name == "Segment":
+                    return pb.SegmentResponse(results=[pb.PromptResult()])
+                return pb.ModelInfo()
+            return call
+
+    image_id = "a" * 64
+    with client.Client("127.0.0.1:1", token="t") as c:
+        c._stub = Stub()
+        c.embed(image_id)
+        c.segment(image_id, points=[[1, 1]], labels=[1])
+        list(c.segment_stream([], image=image_id))
+        routed = (("authorization", "Bearer t"), ("multiplexed_model_id", image_id))
+        assert seen == {"Embed": routed, "Segment": routed, "SegmentStream": routed}
+        seen.clear()
+        c.embed(b"\x89PNG")  # bytes name no id yet
+        c.model_info()
+        assert seen == {"Embed": (("authorization", "Bearer t"),), "GetModelInfo": (("authorization", "Bearer t"),)}

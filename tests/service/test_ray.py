@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ redis = pytest.importorskip("redis")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cache"))
 from test_redis import _free_port, _start_redis, _stop  # noqa: E402  (the helpers of the cache tests)
 
-from segany.client import Client, InvalidArgument, NotFound  # noqa: E402
+from segany.client import Client, InvalidArgument, NotFound, Outputs, segment_request  # noqa: E402
 from tests.service.conftest import png_bytes, random_image  # noqa: E402
 
 
@@ -27,12 +28,15 @@ def redis_url():
     _stop(process)
 
 
+SPLIT = {"num_replicas": 2, "num_cpus": 0.5, "encoder_replicas": 1, "encoder_num_cpus": 0.5, "cache_bytes": 64 << 20}
+
+
 @pytest.fixture(scope="module")
-def ray_address(redis_url):
+def ray_cluster():
     from ray import serve
     from ray.serve.config import gRPCOptions
 
-    from segany.service.ray_app import SERVICER_FUNCTION, app
+    from segany.service.ray_app import SERVICER_FUNCTION
 
     previous = os.environ.get("RAY_USAGE_STATS_ENABLED")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # closed network: no usage report
@@ -41,7 +45,6 @@ def ray_address(redis_url):
     try:
         serve.start(grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER_FUNCTION]),
                     http_options={"host": "127.0.0.1", "port": _free_port()})
-        serve.run(app({"num_replicas": 2, "redis_url": redis_url, "cache_bytes": 64 << 20}), name="segany")
         yield f"127.0.0.1:{grpc_port}"
     finally:
         serve.shutdown()
@@ -50,6 +53,32 @@ def ray_address(redis_url):
             os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
         else:
             os.environ["RAY_USAGE_STATS_ENABLED"] = previous
+
+
+@pytest.fixture(scope="module")
+def ray_address(ray_cluster, redis_url):
+    """Two decoding replicas and one encoder replica (the split deployment), sharing Redis."""
+    from ray import serve
+
+    from segany.service.ray_app import app
+
+    serve.run(app({**SPLIT, "redis_url": redis_url}), name="segany")
+    with Client(ray_cluster, timeout=120) as client:
+        for _ in range(16):  # builds and warms both replicas (each warm-up encodes one small image remotely)
+            assert client.model_info().ready
+    return ray_cluster
+
+
+def _iou_ok(masks, ref_masks) -> bool:
+    inter = np.logical_and(masks, ref_masks).sum(axis=(-2, -1))
+    union = np.logical_or(masks, ref_masks).sum(axis=(-2, -1))
+    return bool((inter >= 0.99 * union).all())
+
+
+def _encoded_by_the_encoder() -> int:
+    from ray import serve
+
+    return serve.get_deployment_handle("SeganyEncoder", app_name="segany").images_encoded.remote().result()
 
 
 def test_replicas_answer_like_the_predictor_and_share_embeddings(ray_address, redis_url):
@@ -61,11 +90,13 @@ def test_replicas_answer_like_the_predictor_and_share_embeddings(ray_address, re
     data = png_bytes(array)
     predictor = segany.Predictor(segany.load_model())
     local = predictor.encode(decode_image(data))
+    encoded_before = _encoded_by_the_encoder()
     with Client(ray_address, timeout=120) as client:
         img = client.embed(data, return_embedding=True)
         assert (img.height, img.width) == (120, 160)
-        # The replica runs on its own thread budget (Ray gives it one CPU): its bf16 encoder rounds differently, so
-        # the embedding is compared with a tolerance and the masks are checked against a decode of its embedding.
+        assert _encoded_by_the_encoder() == encoded_before + 1  # the encoder deployment encoded it
+        # The encoder replica runs on its own thread budget: its bf16 encoder rounds differently, so the embedding
+        # is compared with a tolerance and the masks are checked against a decode of its embedding.
         embedding = ImageEmbedding.from_bytes(img.embedding)
         assert embedding.model_fingerprint == local.model_fingerprint
         remote, here = embedding.image_embeddings.numpy().ravel(), local.image_embeddings.numpy().ravel()
@@ -73,25 +104,71 @@ def test_replicas_answer_like_the_predictor_and_share_embeddings(ray_address, re
         assert np.abs(remote - here).mean() < 0.02
         store = redis.Redis.from_url(redis_url)
         assert store.dbsize() >= 1  # the embedding went to the shared tier
+        # The replica that did not embed the image reads it from the shared tier. Calls without the routing metadata
+        # go to either replica: one of 10 reaches the other one with probability 1 - 2**-9.
         hits_before = int(store.info("stats")["keyspace_hits"])
-        for i in range(20):  # routed to either replica: the one that did not encode reads the shared tier
+        request = segment_request(img.id, [{"points": [[30, 40]], "labels": [1]}], True, Outputs())
+        for _ in range(10):
+            client._stub.Segment(request, timeout=60)
+        assert int(store.info("stats")["keyspace_hits"]) > hits_before
+        store.close()
+        for i in range(10):
             click = [[20 + 6 * i, 30 + 3 * i]]
             res = client.segment(img.id, points=click, labels=[1], multimask=True)
             ref = predictor.predict(embedding, points=click, labels=[1], multimask=True)
-            inter = np.logical_and(res.masks, ref.masks).sum(axis=(1, 2))
-            union = np.logical_or(res.masks, ref.masks).sum(axis=(1, 2))
-            assert (inter >= 0.99 * union).all(), (inter, union)
+            assert _iou_ok(res.masks, ref.masks)
             np.testing.assert_allclose(res.scores, ref.scores, atol=1e-2)
-        assert int(store.info("stats")["keyspace_hits"]) > hits_before
-        store.close()
         # errors keep their status codes and messages through Ray's proxy
         with pytest.raises(NotFound, match="call Embed"):
             client.segment("0" * 64, points=[[10, 10]], labels=[1])
         with pytest.raises(InvalidArgument, match="NaN"):
             client.segment(img.id, points=[[float("nan"), 10]], labels=[1])
         assert client.embed(data).cached
+        assert _encoded_by_the_encoder() == encoded_before + 1
         info = client.model_info()
         assert info.ready and info.fingerprint == local.model_fingerprint
+
+
+def _decode_calls(client: Client, image_id: str) -> int:
+    """``segany_decode_calls_total`` of the replica that Ray routes ``image_id`` to."""
+    from segany.service.proto import segany_pb2 as pb
+
+    text = client._stub.GetMetrics(pb.GetMetricsRequest(), timeout=60,
+                                   metadata=(("multiplexed_model_id", image_id),)).text
+    (line,) = [x for x in text.splitlines() if x.startswith("segany_decode_calls_total ")]
+    return int(float(line.split()[1]))
+
+
+def test_clicks_on_an_image_go_to_the_replica_that_holds_it(ray_address):
+    with Client(ray_address, timeout=120) as client:
+        img = client.embed(png_bytes(random_image(90, 100, seed=11)))
+        time.sleep(1.0)  # the replica pushes the ids it holds to Ray's router every 0.1 s
+        before = _decode_calls(client, img.id)
+        for i in range(20):
+            client.segment(img.id, points=[[5 + 4 * i, 40]], labels=[1])
+        # without routing, each click would go to either replica (10 of 20 expected here)
+        assert _decode_calls(client, img.id) - before == 20
+
+
+def test_segment_stream_through_ray(ray_address):
+    import segany
+    from segany.embedding import ImageEmbedding
+
+    with Client(ray_address, timeout=120) as client:
+        img = client.embed(png_bytes(random_image(80, 120, seed=12)), return_embedding=True)
+        embedding = ImageEmbedding.from_bytes(img.embedding)
+        predictor = segany.Predictor(segany.load_model())
+        prompts = [("a", {"points": [[20, 30]], "labels": [1]}), ("b", {"box": [10, 10, 70, 60]}),
+                   ("a", {"points": [[20, 30], [50, 40]], "labels": [1, 0]})]
+        replies = list(client.segment_stream(prompts, image=img.id, multimask=False))
+        answered = {(r.object_id, r.sequence): r for r in replies if not r.superseded}
+        assert ("b", 1) in answered and ("a", 2) in answered  # the last prompt of each object is always answered
+        for (_, sequence), reply in answered.items():
+            assert reply.error is None, reply.error
+            ref = predictor.predict(embedding, multimask=False, **prompts[sequence][1])
+            assert _iou_ok(reply.result.masks, ref.masks)
+        (reply,) = client.segment_stream([("a", {"points": [[1, 1]], "labels": [1]})], image="0" * 64)
+        assert isinstance(reply.error, NotFound) and "call Embed" in reply.error.message  # per request, as served
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:
@@ -102,13 +179,14 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def _replica_pids() -> list[int]:
-    """This test's replica processes: titled ``ray::ServeReplica:segany:SeganyReplica`` by Ray, and started by the
+def _replica_pids(deployment: str) -> list[int]:
+    """This test's replica processes: titled ``ray::ServeReplica:segany:<deployment>`` by Ray, and started by the
     raylet that ``ray.init`` started from this process (another Ray cluster on the host does not count)."""
+    title = f"ServeReplica:segany:{deployment}".encode()
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if (proc.name.isdigit() and b"ServeReplica:segany:SeganyReplica" in (proc / "cmdline").read_bytes()
+            if (proc.name.isdigit() and title in (proc / "cmdline").read_bytes()
                     and _descends_from(int(proc.name), os.getpid())):
                 pids.append(int(proc.name))
         except (OSError, ValueError, IndexError):
@@ -120,13 +198,33 @@ def test_replicas_start_with_the_serve_process_settings(ray_address):
     from segany.service.ray_app import REPLICA_ENV
 
     # glibc reads its malloc variables when a process starts, and Ray starts the replicas: check their environment
-    pids = _replica_pids()
-    assert len(pids) == 2
-    for pid in pids:
+    pids = {name: _replica_pids(name) for name in ("SeganyReplica", "SeganyEncoder")}
+    assert [len(p) for p in pids.values()] == [2, 1]
+    for pid in pids["SeganyReplica"] + pids["SeganyEncoder"]:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         env = dict(item.decode(errors="replace").split("=", 1) for item in environ if b"=" in item)
         assert {k: env.get(k) for k in REPLICA_ENV} == REPLICA_ENV
     assert REPLICA_ENV["MALLOC_ARENA_MAX"] == "1" and REPLICA_ENV["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_replicas_that_encode_their_own_images(ray_cluster, redis_url):
+    """The simple deployment (no encoder deployment): each replica encodes, Redis is shared. Runs last: it replaces
+    the split application."""
+    from ray import serve
+
+    from segany.service.ray_app import app
+
+    serve.run(app({"num_replicas": 2, "num_cpus": 0.5, "redis_url": redis_url, "cache_bytes": 64 << 20}),
+              name="segany")
+    deadline = time.monotonic() + 60
+    while _replica_pids("SeganyEncoder") and time.monotonic() < deadline:  # the split app's encoder winds down
+        time.sleep(0.5)
+    assert _replica_pids("SeganyEncoder") == []
+    with Client(ray_cluster, timeout=120) as client:
+        img = client.embed(png_bytes(random_image(64, 72, seed=13)), return_embedding=True)
+        res = client.segment(img.id, points=[[30, 30]], labels=[1])
+        assert res.masks.shape == (3, 64, 72)
+        assert client.embed(img.id).cached
 
 
 def test_serve_config_is_valid_and_names_this_app():
@@ -157,6 +255,13 @@ def test_app_refuses_settings_that_do_not_apply_behind_ray():
         app({"cache_dir": "/tmp/x"})
     with pytest.raises(Exception, match="precision"):
         app({"precision": "fastest"})  # validated before any replica starts
+    with pytest.raises(ValueError, match="redis_url"):
+        app({"num_replicas": 2})  # an image embedded by one replica would be NOT_FOUND on the other
+    with pytest.raises(ValueError, match="redis_url"):
+        app({"encoder_replicas": 1})
+    with pytest.raises(ValueError, match="encoder_replicas"):
+        app({"encoder_replicas": -1, "redis_url": "redis://127.0.0.1:1/0"})
+    app({"num_replicas": 2, "encoder_replicas": 1, "encoder_num_cpus": 2, "redis_url": "redis://127.0.0.1:1/0"})
 
 
 def test_a_replica_whose_model_cannot_load_answers_unavailable_and_reports_unhealthy():
