@@ -60,6 +60,13 @@ def run(args: argparse.Namespace) -> int:
     tune_process()  # OMP_WAIT_POLICY=PASSIVE and malloc reuse, before torch starts; the environment wins
 
     from segany.service.server import serve
+
+    return asyncio.run(serve(settings_from(args)))
+
+
+def settings_from(args: argparse.Namespace, env=None):
+    """The server's :class:`~segany.service.settings.Settings`: the flags in ``args`` over the ``SEGANY_*``
+    variables of ``env`` (default ``os.environ``) over the defaults; validated."""
     from segany.service.settings import Settings
 
     overrides = {
@@ -87,5 +94,4 @@ def run(args: argparse.Namespace) -> int:
         "grace_seconds": args.grace,
         "warmup": False if args.no_warmup else None,
     }
-    settings = Settings.from_env(**overrides)
-    return asyncio.run(serve(settings))
+    return Settings.from_env(env, **overrides)
