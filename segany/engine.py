@@ -91,6 +91,8 @@ class EngineSettings:
         max_prompts: prompts per segment call.
         max_points: points per prompt.
         mask_store_bytes: budget for low-res masks kept for ``mask_id`` references (0 disables them).
+        remote_batches: with a remote encoder, micro-batches sent off at once (e.g. one per encoder replica);
+            the local encoder runs one at a time.
     """
 
     encode_batch: int = 2
@@ -103,6 +105,7 @@ class EngineSettings:
     max_prompts: int = 64
     max_points: int = MAX_POINTS_PER_PROMPT
     mask_store_bytes: int = 64 * 1024 * 1024
+    remote_batches: int = 1
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,8 @@ class Engine:
         self._remote = encoder
         self.cache = cache
         self.settings = settings or EngineSettings()
+        self._remote_slots = asyncio.Semaphore(self.settings.remote_batches)
+        self._remote_tasks: set[asyncio.Task] = set()
         self.fingerprint = predictor.fingerprint
         self.stats = EngineStats()
         self.ready = False
@@ -196,7 +201,11 @@ class Engine:
             raise UnavailableError("the engine is shut down")
         if self._worker is None:
             self._wakeup = asyncio.Event()
-            self._worker = asyncio.get_running_loop().create_task(self._encode_loop(), name="segany-encode-loop")
+            # In a fresh context: the loop outlives the request that starts it and must not carry that request's
+            # context variables (a framework may tie calls made under them to the request, and cancel them with it).
+            self._worker = contextvars.Context().run(
+                asyncio.get_running_loop().create_task, self._encode_loop(), name="segany-encode-loop"
+            )
 
     async def warm_up(self) -> None:
         """One encode and one decode on a small synthetic image (first calls allocate and pick kernels)."""
@@ -222,6 +231,9 @@ class Engine:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        for task in list(self._remote_tasks):
+            task.cancel()
+        await asyncio.gather(*self._remote_tasks, return_exceptions=True)
         for job in list(self._jobs.values()):
             if not job.future.done():
                 job.future.set_exception(UnavailableError("the server is shutting down; retry on another replica"))
@@ -273,6 +285,7 @@ class Engine:
             )
         job = self._jobs.get(image_id)
         if job is not None:
+            job.waiters += 1  # counted like any caller: giving up must not drop the job for the others
             return (await self._wait(job))[0]
         with stage("cache"):
             embedding = await self._cache_get(image_id)
@@ -393,6 +406,11 @@ class Engine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if self._remote is not None:
+                await self._remote_slots.acquire()  # at most ``remote_batches`` batches away at once
+                if not self._queue:  # emptied (callers gone) while waiting for a slot
+                    self._remote_slots.release()
+                    continue
             batch: list[_EncodeJob] = []
             while self._queue and len(batch) < self.settings.encode_batch:
                 job = self._queue.popleft()
@@ -402,27 +420,40 @@ class Engine:
             for job in batch:
                 job.state = "encoding"
                 job.stages["queue_wait"] = now - job.queued_at
-            self.stats.encoding = len(batch)
+            self.stats.encoding += len(batch)
+            if self._remote is not None:
+                task = loop.create_task(self._remote_batch(batch, now))
+                self._remote_tasks.add(task)
+                task.add_done_callback(self._remote_tasks.discard)
+                continue
             try:
-                if self._remote is not None:
-                    outcomes = await self._encode_remote([job.image for job in batch])
-                else:
-                    outcomes = await loop.run_in_executor(self._encode_pool, self._encode_sync, batch)
+                outcomes = await loop.run_in_executor(self._encode_pool, self._encode_sync, batch)
             finally:
-                self.stats.encoding = 0
-            elapsed = time.perf_counter() - now
-            self.stats.encode_batches += 1
-            self.stats.encode_images += len(batch)
-            self.stats.encode_seconds += elapsed
-            for job, outcome in zip(batch, outcomes):
-                job.stages["encode"] = elapsed
-                if not isinstance(outcome, BaseException):
-                    try:
-                        await self._cache_put(job.key, outcome)
-                    except Exception:  # noqa: BLE001 - a cache is an optimisation
-                        log.exception("cache put failed for %s", job.key)
-                    outcome = (outcome, False)
-                self._finish(job, outcome)
+                self.stats.encoding -= len(batch)
+            await self._complete(batch, outcomes, now)
+
+    async def _remote_batch(self, batch: list[_EncodeJob], started: float) -> None:
+        try:
+            outcomes = await self._encode_remote([job.image for job in batch])
+        finally:
+            self.stats.encoding -= len(batch)
+            self._remote_slots.release()
+        await self._complete(batch, outcomes, started)
+
+    async def _complete(self, batch: list[_EncodeJob], outcomes: list, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.stats.encode_batches += 1
+        self.stats.encode_images += len(batch)
+        self.stats.encode_seconds += elapsed
+        for job, outcome in zip(batch, outcomes):
+            job.stages["encode"] = elapsed
+            if not isinstance(outcome, BaseException):
+                try:
+                    await self._cache_put(job.key, outcome)
+                except Exception:  # noqa: BLE001 - a cache is an optimisation
+                    log.exception("cache put failed for %s", job.key)
+                outcome = (outcome, False)
+            self._finish(job, outcome)
 
     async def _encode_remote(self, images: list[np.ndarray]) -> list:
         """The remote encoder's outcomes for ``images``; its failure as a whole fails each image with UNAVAILABLE."""
@@ -431,8 +462,13 @@ class Engine:
             outcomes = list(await self._remote(images))
             if len(outcomes) != len(images):
                 raise RuntimeError(f"it returned {len(outcomes)} results for {len(images)} images")
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            if self._closed:  # the engine is shutting down: the loop ends
+                raise
+            # the call was cancelled, not this loop (e.g. a remote framework cancelled it): fail the batch, go on
+            log.warning("the remote encoder call was cancelled")
+            return [UnavailableError(f"the image encoder call was cancelled ({exc or 'no reason given'}); retry")
+                    for _ in images]
         except Exception as exc:  # noqa: BLE001 - the jobs' outcome: the callers may retry elsewhere
             log.exception("the remote encoder failed")
             return [UnavailableError(f"the image encoder is unavailable: {exc}; retry later") for _ in images]

@@ -51,7 +51,7 @@ def test_manifests_validate_against_the_kubernetes_schemas():
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     docs = _documents()
     assert {d["kind"] for d in docs} == {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
-                                          "HorizontalPodAutoscaler"}
+                                          "HorizontalPodAutoscaler", "NetworkPolicy"}
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)  # raises on unknown or mistyped fields
     broken = json.loads(json.dumps(_one("Deployment", "segany")))
@@ -80,6 +80,12 @@ def test_the_service_pod_runs_valid_segany_serve_settings():
     annotations = _one("Deployment", "segany")["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == settings.metrics_port
     assert int(container["resources"]["requests"]["cpu"]) == settings.torch_threads
+    from segany.cache import parse_bytes
+
+    # the bounded buffers fit the memory limit with room for the process itself: `segany serve` with the shipped
+    # model and an empty cache measured 860 MiB RSS here (920 MiB after one 1200x1800 image)
+    bounded = settings.cache_bytes + settings.encode_queue_bytes + 2 * settings.max_receive_message_bytes
+    assert bounded + (920 << 20) <= parse_bytes(container["resources"]["limits"]["memory"].replace("Gi", "GiB"))
 
 
 def test_services_select_their_pods_and_the_redis_url_names_the_redis_service():
@@ -93,6 +99,11 @@ def test_services_select_their_pods_and_the_redis_url_names_the_redis_service():
     url = urlparse(_one("ConfigMap", "segany-settings")["data"]["SEGANY_REDIS_URL"])
     (redis_port,) = _one("Service", "segany-redis")["spec"]["ports"]
     assert (url.scheme, url.hostname, url.port) == ("redis", "segany-redis", redis_port["port"])
+    policy = _one("NetworkPolicy", "segany-redis")["spec"]  # only segany pods reach Redis, on its port
+    assert policy["podSelector"]["matchLabels"].items() <= labels_of("segany-redis").items()
+    (rule,) = policy["ingress"]
+    assert [p["podSelector"]["matchLabels"].items() <= labels_of("segany").items() for p in rule["from"]] == [True]
+    assert [p["port"] for p in rule["ports"]] == [redis_port["port"]]
     for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler"):
         target = _one(kind, "segany")["spec"]
         if kind == "PodDisruptionBudget":

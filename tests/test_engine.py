@@ -156,6 +156,30 @@ def test_cancelled_callers_free_their_queued_work(tiny_model):
     assert engine.stats.encode_cancelled == 1
 
 
+def test_a_cancelled_lookup_does_not_drop_an_embed_it_joined(tiny_model):
+    engine, predictor = make_engine(tiny_model, encode_batch=1)
+    predictor.gate = threading.Event()
+
+    async def main():
+        first = asyncio.ensure_future(engine.embed_bytes(png(0)))
+        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        wanted = asyncio.ensure_future(engine.embed_bytes(png(7)))  # queued behind the first image
+        while engine.queue_depth() < 1:
+            await asyncio.sleep(0.01)
+        (image_id,) = [key for key, job in engine._jobs.items() if job.state == "queued"]
+        looker = asyncio.ensure_future(engine.lookup(image_id))  # e.g. a click that arrived early, then gave up
+        await asyncio.sleep(0.05)
+        looker.cancel()
+        await asyncio.gather(looker, return_exceptions=True)
+        predictor.gate.set()
+        await first
+        return await wanted  # its caller is still waiting: the job must not have been dropped
+
+    embedded = asyncio.run(main())
+    assert embedded.image_id and not embedded.cached
+    assert predictor.calls == [1, 1]
+
+
 def test_decode_does_not_wait_behind_an_encode(tiny_model):
     engine, predictor = make_engine(tiny_model)
     prompt = make_prompt((48, 64), [[10, 10]], [1])
@@ -321,17 +345,27 @@ def test_concurrent_decodes_share_the_decode_threads(tiny_model):
 class FakeRemoteEncoder:
     """An encoder "elsewhere": another predictor on the same weights, counting calls; can fail or lie."""
 
-    def __init__(self, model, fingerprint: str | None = None, fail: bool = False) -> None:
+    def __init__(self, model, fingerprint: str | None = None, fail: bool = False, cancel_first: bool = False):
         self.predictor = Predictor(model)
         self.calls: list[int] = []
         self.fingerprint = fingerprint
         self.fail = fail
+        self.cancel_first = cancel_first
+        self.running = self.most_running = 0
 
     async def __call__(self, images):
         self.calls.append(len(images))
-        await asyncio.sleep(0.05)  # a round trip: concurrent callers join the job meanwhile
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(0.05)  # a round trip: concurrent callers join the job meanwhile
+        finally:
+            self.running -= 1
         if self.fail:
             raise ConnectionError("encoder replica died")
+        if self.cancel_first:  # the remote call was cancelled by someone else (e.g. with an unrelated request)
+            self.cancel_first = False
+            raise asyncio.CancelledError("the request this call was tied to was cancelled")
         out = []
         for image in images:
             if image.shape[0] == 13:  # stands for an image the encoder cannot take
@@ -398,3 +432,22 @@ def test_a_failing_or_foreign_remote_encoder_is_a_clear_error(tiny_model):
 
     with pytest.raises(ModelMismatchError, match="same weights"):  # a mismatched deployment never turns ready
         asyncio.run(warm(FakeRemoteEncoder(tiny_model, fingerprint="other-weights")))
+
+
+def test_remote_batches_go_out_concurrently_and_a_cancelled_call_fails_only_its_batch(tiny_model):
+    from segany.errors import UnavailableError
+
+    remote = FakeRemoteEncoder(tiny_model, cancel_first=True)
+    engine = Engine(Predictor(tiny_model), MemoryCache(64 << 20), EngineSettings(encode_batch=1, remote_batches=3),
+                    encoder=remote)
+
+    async def main():
+        first = await asyncio.gather(engine.embed_bytes(png(20)), return_exceptions=True)
+        results = await asyncio.gather(*(engine.embed_bytes(png(21 + i)) for i in range(6)))
+        await engine.close()
+        return first, results
+
+    (first,), results = asyncio.run(asyncio.wait_for(main(), 60))  # a dead encode loop would hang, not fail
+    assert isinstance(first, UnavailableError) and "cancelled" in str(first)  # the loop survived the cancellation
+    assert len({r.image_id for r in results}) == 6 and not any(r.cached for r in results)
+    assert remote.most_running == 3  # three batches away at once, never more

@@ -28,6 +28,7 @@ Ray starts the proxy with ``grpc_options``: ``grpc_servicer_functions`` must nam
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -106,10 +107,12 @@ def _load_model(settings: Settings):
     return load_model(settings.checkpoint or settings.model)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}}, max_ongoing_requests=4)
+@serve.deployment(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}}, max_ongoing_requests=1)
 class SeganyEncoder:
-    """The image encoder alone, for the decoding replicas' engines: a list of RGB images in, one embedding (or the
-    exception that image raised) per image out. Loads its model at the first call; one encode at a time."""
+    """The image encoder alone, for the decoding replicas' engines: RGB images (already resized to the model's input
+    side) and their original sizes in, one embedding (or the exception that image raised) per image out. Loads its
+    model at the first call. One batch at a time (``max_ongoing_requests=1``), so Ray's router, not a queue inside a
+    replica, spreads the batches over the encoder replicas."""
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings = Settings(**(settings or {})).validated()
@@ -139,11 +142,12 @@ class SeganyEncoder:
         if self._loading is not None and self._loading.done() and self._loading.exception() is not None:
             raise RuntimeError(f"the model did not load: {self._loading.exception()}")
 
-    async def encode(self, images: list[np.ndarray]) -> list:
+    async def encode(self, images: list[np.ndarray], original_sizes: list[tuple[int, int]]) -> list:
         predictor = await self._ready()
         outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode_sync, predictor, images)
         self._encoded += sum(not isinstance(o, BaseException) for o in outcomes)
-        return outcomes
+        return [o if isinstance(o, BaseException) else dataclasses.replace(o, original_size=tuple(size))
+                for o, size in zip(outcomes, original_sizes)]
 
     @staticmethod
     def _encode_sync(predictor, images: list[np.ndarray]) -> list:
@@ -161,17 +165,19 @@ class SeganyReplica:
     """One gRPC-facing replica: the segany servicer, built on the replica's event loop at the first call and warmed
     once; with an ``encoder`` (a handle to :class:`SeganyEncoder`) it decodes only."""
 
-    def __init__(self, settings: dict[str, Any] | None = None, encoder=None) -> None:
+    def __init__(self, settings: dict[str, Any] | None = None, encoder=None, remote_batches: int = 1) -> None:
         self.settings = Settings(**(settings or {})).validated()
         self._encoder = encoder
+        self._remote_batches = remote_batches
+        self._registering: set[asyncio.Task] = set()
         self._servicer = None
         self._building: asyncio.Task | None = None
         self._failure_logged = False
 
     async def _ready(self):
         if self._servicer is None:
-            if self._building is None:
-                self._building = asyncio.get_running_loop().create_task(self._build())
+            if self._building is None:  # in a fresh context: the build outlives the request that starts it
+                self._building = contextvars.Context().run(asyncio.get_running_loop().create_task, self._build())
             await asyncio.shield(self._building)
         return self._servicer
 
@@ -182,8 +188,9 @@ class SeganyReplica:
         if self._encoder is not None:
             model = await asyncio.get_running_loop().run_in_executor(None, _load_model, self.settings)
             model.image_encoder = _NoImageEncoder()  # the fingerprint was taken at load, from all the weights
+            self._servicer_model_side = model.image_size
             remote = self._encode_remotely
-        servicer = await build_servicer(self.settings, model, encoder=remote)
+        servicer = await build_servicer(self.settings, model, encoder=remote, remote_batches=self._remote_batches)
         try:
             await servicer.engine.warm_up()
         except BaseException:
@@ -192,7 +199,22 @@ class SeganyReplica:
         self._servicer = servicer
 
     async def _encode_remotely(self, images: list[np.ndarray]) -> list:
-        return await self._encoder.encode.remote(images)
+        """The engine's remote encoder: images resized here to the model's input side (a 50 MP photo travels as about
+        3 MB, not 150), then one call to an encoder replica."""
+        from segany.transforms import resize_image
+
+        side = self._servicer_model_side
+
+        def shrink(image: np.ndarray) -> np.ndarray:
+            resized = resize_image(image, side)
+            return resized if resized.size < image.size else image  # a small image travels as it is
+
+        loop = asyncio.get_running_loop()
+        sent = await loop.run_in_executor(None, lambda: [shrink(image) for image in images])
+        sizes = [image.shape[:2] for image in images]
+        # A fresh context: made under a request's context, Ray would tie this call to that request and cancel it
+        # with it, while the batch may hold other callers' images.
+        return await contextvars.Context().run(self._encoder.encode.remote, sent, sizes)
 
     def check_health(self) -> None:
         """Ray's periodic probe: a replica whose model failed to load is unhealthy, and Ray starts a new one."""
@@ -201,16 +223,16 @@ class SeganyReplica:
 
     @serve.multiplexed(max_num_models_per_replica=ROUTED_IMAGES_PER_REPLICA)
     async def _route_here(self, image_id: str) -> bool:
-        """Registers ``image_id`` with Ray's router for this replica once the engine finds its embedding."""
-        await self._servicer.engine.lookup(image_id)
+        """Registers ``image_id`` with Ray's router for this replica. Holds nothing and checks nothing: Ray loads
+        ids one at a time under a lock, so this must not wait (the call that registers has found the image)."""
         return True
 
-    async def _register(self, image_id: str) -> None:
+    def _register_later(self, image_id: str) -> None:
+        """Registers ``image_id`` in the background, after the call that found it: never delays an answer."""
         if image_id:
-            try:
-                await self._route_here(image_id)
-            except Exception:  # noqa: BLE001 - routing is an optimisation; the call answers for itself
-                pass
+            task = asyncio.get_running_loop().create_task(self._route_here(image_id))
+            self._registering.add(task)
+            task.add_done_callback(self._registering.discard)
 
     async def _servicer_or_unavailable(self, grpc_context):
         try:
@@ -238,26 +260,30 @@ class SeganyReplica:
 
     async def Embed(self, request: pb.EmbedRequest, grpc_context) -> pb.EmbedResponse:  # noqa: N802 - RPC names
         response = await self._call("Embed", request, grpc_context, pb.EmbedResponse())
-        await self._register(response.image_id)  # the next calls naming this image come here
+        self._register_later(response.image_id)  # the next calls naming this image come here
         return response
 
     async def Segment(self, request: pb.SegmentRequest, grpc_context) -> pb.SegmentResponse:  # noqa: N802
-        if self._servicer is not None:
-            await self._register(serve.get_multiplexed_model_id())
-        return await self._call("Segment", request, grpc_context, pb.SegmentResponse())
+        response = await self._call("Segment", request, grpc_context, pb.SegmentResponse())
+        if response.results:  # answered: this replica now holds the image
+            self._register_later(serve.get_multiplexed_model_id())
+        return response
 
     async def SegmentStream(self, request_stream, grpc_context):  # noqa: N802
+        """Ray's proxy sends a stream's status only with a message, or with an exception the replica raises: a
+        stream that ends early raises after setting its status code, so the code reaches the client."""
         servicer = await self._servicer_or_unavailable(grpc_context)
         if servicer is None:
-            return
-        await self._register(serve.get_multiplexed_model_id())
+            raise _Aborted(grpc_context.details())
         context = _Context(grpc_context)
         token = interceptors.REQUEST_ID.set(interceptors._request_id(context))
+        registered = False
         try:
             async for reply in servicer.SegmentStream(request_stream, context):
+                if not registered and reply.HasField("response"):
+                    self._register_later(serve.get_multiplexed_model_id())
+                    registered = True
                 yield reply
-        except _Aborted:
-            return
         finally:
             interceptors.REQUEST_ID.reset(token)
 
@@ -294,7 +320,7 @@ def app(args: dict[str, Any] | None = None) -> serve.Application:
     replicas, encoders = int(deployment["num_replicas"]), int(deployment["encoder_replicas"])
     if replicas < 1 or encoders < 0:
         raise ValueError(f"num_replicas must be >= 1 and encoder_replicas >= 0, got {replicas} and {encoders}")
-    if (replicas > 1 or encoders > 0) and not args.get("redis_url"):
+    if replicas > 1 and not args.get("redis_url"):
         raise ValueError("several replicas need the shared embedding tier: set redis_url (an image embedded by one "
                          "replica would be NOT_FOUND on the others)")
     encoder = None
@@ -305,7 +331,8 @@ def app(args: dict[str, Any] | None = None) -> serve.Application:
         encoder = SeganyEncoder.options(num_replicas=encoders, ray_actor_options=encoder_options).bind(
             encoder_settings)
     options = {"num_cpus": float(deployment["num_cpus"]), "runtime_env": {"env_vars": REPLICA_ENV}}
-    return SeganyReplica.options(num_replicas=replicas, ray_actor_options=options).bind(args, encoder)
+    # each decoding replica may keep every encoder replica busy; Ray's router balances the batches over them
+    return SeganyReplica.options(num_replicas=replicas, ray_actor_options=options).bind(args, encoder, max(1, encoders))
 
 
 __all__ = ["DEPLOYMENT_ARGS", "NOT_FOR_RAY", "REPLICA_ENV", "SERVICER_FUNCTION", "SeganyEncoder", "SeganyReplica",

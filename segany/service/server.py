@@ -92,10 +92,11 @@ def _credentials(settings: Settings):
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
-async def build_servicer(settings: Settings, model=None, encoder=None) -> SeganyServicer:
+async def build_servicer(settings: Settings, model=None, encoder=None, remote_batches: int = 1) -> SeganyServicer:
     """The servicer with its engine, cache and metrics, not bound to any server (``create_server`` and the Ray Serve
     application both use it). The model is loaded here unless given; warm it with ``servicer.engine.warm_up()``.
-    ``encoder``: the engine's remote encoder (see :class:`segany.engine.Engine`), when images are encoded elsewhere.
+    ``encoder``: the engine's remote encoder (see :class:`segany.engine.Engine`), when images are encoded elsewhere,
+    with ``remote_batches`` micro-batches sent off at once.
     """
     import torch
 
@@ -125,6 +126,7 @@ async def build_servicer(settings: Settings, model=None, encoder=None) -> Segany
             max_prompts=settings.max_prompts_per_request,
             max_points=settings.max_points_per_prompt,
             mask_store_bytes=settings.mask_store_bytes,
+            remote_batches=remote_batches,
         ),
         encoder=encoder,
     )

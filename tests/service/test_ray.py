@@ -227,6 +227,35 @@ def test_replicas_that_encode_their_own_images(ray_cluster, redis_url):
         assert client.embed(img.id).cached
 
 
+def test_a_replica_that_cannot_load_its_model_fails_calls_and_streams_with_unavailable(ray_cluster):
+    """Through Ray's proxy, unary calls and streams alike: a stream that ended quietly would leave its prompts
+    unanswered with status OK."""
+    import grpc
+    from ray import serve
+
+    from segany.service.proto import segany_pb2 as pb
+    from segany.service.proto import segany_pb2_grpc as pb_grpc
+    from segany.service.ray_app import app
+
+    serve.run(app({"model": "no-such-model"}), name="broken", route_prefix="/broken")
+    try:
+        metadata = (("application", "broken"),)
+        with grpc.insecure_channel(ray_cluster) as channel:
+            stub = pb_grpc.SeganyStub(channel)
+            with pytest.raises(grpc.RpcError) as unary:
+                stub.Segment(pb.SegmentRequest(), timeout=60, metadata=metadata)
+            assert unary.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "could not load its model" in unary.value.details()
+            request = pb.SegmentStreamRequest(object_id="a", request=pb.SegmentRequest(
+                image=pb.ImageSource(image_id="0" * 64)))
+            with pytest.raises(grpc.RpcError) as stream:
+                list(stub.SegmentStream(iter([request]), timeout=60, metadata=metadata))
+            assert stream.value.code() == grpc.StatusCode.UNAVAILABLE, stream.value
+            assert "could not load its model" in stream.value.details()
+    finally:
+        serve.delete("broken")
+
+
 def test_serve_config_is_valid_and_names_this_app():
     import importlib
 
@@ -258,7 +287,8 @@ def test_app_refuses_settings_that_do_not_apply_behind_ray():
     with pytest.raises(ValueError, match="redis_url"):
         app({"num_replicas": 2})  # an image embedded by one replica would be NOT_FOUND on the other
     with pytest.raises(ValueError, match="redis_url"):
-        app({"encoder_replicas": 1})
+        app({"num_replicas": 2, "encoder_replicas": 1})
+    app({"encoder_replicas": 2})  # one decoding replica holds every image it embeds: no shared tier needed
     with pytest.raises(ValueError, match="encoder_replicas"):
         app({"encoder_replicas": -1, "redis_url": "redis://127.0.0.1:1/0"})
     app({"num_replicas": 2, "encoder_replicas": 1, "encoder_num_cpus": 2, "redis_url": "redis://127.0.0.1:1/0"})
@@ -273,13 +303,16 @@ def test_a_replica_whose_model_cannot_load_answers_unavailable_and_reports_unhea
     from segany.service.ray_app import SeganyReplica
 
     class RayContext:  # what Ray's RayServegRPCContext offers the replica
-        code = details = None
+        code = details_ = None
 
         def set_code(self, code):
             self.code = code
 
         def set_details(self, details):
-            self.details = details
+            self.details_ = details
+
+        def details(self):
+            return self.details_
 
         def invocation_metadata(self):
             return ()
@@ -289,6 +322,14 @@ def test_a_replica_whose_model_cannot_load_answers_unavailable_and_reports_unhea
     context = RayContext()
     answer = asyncio.run(replica.Segment(pb.SegmentRequest(), context))
     assert answer == pb.SegmentResponse()
-    assert context.code == grpc.StatusCode.UNAVAILABLE and "could not load its model" in context.details
+    assert context.code == grpc.StatusCode.UNAVAILABLE and "could not load its model" in context.details_
     with pytest.raises(RuntimeError, match="did not load"):
         replica.check_health()
+
+    async def stream():  # a stream must raise after setting its code: Ray sends a stream's status with an exception
+        return [reply async for reply in replica.SegmentStream(None, context)]
+
+    context = RayContext()
+    with pytest.raises(grpc.aio.AbortError, match="could not load its model"):
+        asyncio.run(stream())
+    assert context.code == grpc.StatusCode.UNAVAILABLE
