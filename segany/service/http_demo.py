@@ -135,9 +135,11 @@ def sample_image_png(height: int = 480, width: int = 640) -> bytes:
 class DemoServer:
     """A running demo HTTP server (see :func:`start_http_server`)."""
 
-    def __init__(self, httpd: ThreadingHTTPServer, thread: threading.Thread) -> None:
+    def __init__(self, httpd: ThreadingHTTPServer, thread: threading.Thread,
+                 export_thread: threading.Thread | None = None) -> None:
         self.httpd = httpd
         self.thread = thread
+        self.export_thread = export_thread
 
     @property
     def port(self) -> int:
@@ -149,6 +151,17 @@ class DemoServer:
             self.httpd.shutdown()
             self.thread.join(10)
         self.httpd.server_close()
+
+    def finish_export(self, timeout: float = 300.0) -> bool:
+        """Wait for the background decoder export (blocking; True when none is running any more).
+
+        A process must not exit while the export runs: the interpreter would finalise under torch's exporter on a
+        daemon thread, which aborts the process (seen as "terminate called without an active exception").
+        """
+        if self.export_thread is None:
+            return True
+        self.export_thread.join(timeout)
+        return not self.export_thread.is_alive()
 
 
 def start_http_server(
@@ -182,9 +195,11 @@ def start_http_server(
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, name="segany-http-demo", daemon=True)
     thread.start()
+    export_thread = None
     if prepare_decoder:
-        threading.Thread(target=_prepare, args=(provider,), name="segany-decoder-export", daemon=True).start()
-    server = DemoServer(httpd, thread)
+        export_thread = threading.Thread(target=_prepare, args=(provider,), name="segany-decoder-export", daemon=True)
+        export_thread.start()
+    server = DemoServer(httpd, thread, export_thread)
     log.info("segany demo on http://%s:%d/", host, server.port)
     return server, server.port
 

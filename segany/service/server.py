@@ -256,5 +256,7 @@ async def serve(settings: Settings, out=sys.stdout) -> int:
     if demo is not None:
         demo.close()
     await service.stop()
+    if demo is not None and not await loop.run_in_executor(None, demo.finish_export):
+        log.warning("the demo's decoder export is still running; exiting anyway")
     print("segany stopped", file=out, flush=True)
     return 0

@@ -126,3 +126,27 @@ def test_sample_image_is_deterministic():
 
     a, b = sample_image_png(), sample_image_png()
     assert a == b and Image.open(io.BytesIO(a)).size == (640, 480)
+
+
+def test_shutdown_can_wait_for_the_background_decoder_export():
+    """`segany serve --http-port` exports the decoder on a thread at start; the process waits for it before exiting
+    (finalising under torch's exporter aborted the process)."""
+    import threading
+    import time
+
+    from segany.service.http_demo import start_http_server
+
+    finished = threading.Event()
+
+    def slow_export() -> bytes:
+        time.sleep(3.0)
+        finished.set()
+        return b"onnx"
+
+    server, _ = start_http_server(object(), "127.0.0.1", 0, slow_export, loop=object())
+    server.close()
+    assert not finished.is_set() and not server.finish_export(0)  # still exporting
+    assert server.finish_export(30) and finished.is_set()
+    idle, _ = start_http_server(object(), "127.0.0.1", 0, slow_export, loop=object(), prepare_decoder=False)
+    idle.close()
+    assert idle.finish_export(0)
