@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from segany.errors import CheckpointError, UnknownModelError
+from segany.errors import CheckpointError, UnavailableError, UnknownModelError
 from segany.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 #: Name of the model that ships inside the package and is used when no model is named.
@@ -348,6 +348,23 @@ def _materialize_buffers(model: nn.Module) -> None:
         values = rebuild()
         for name in meta:
             module._buffers[name] = values[name]
+
+
+def to_device(model: Sam, device: str | torch.device) -> Sam:
+    """``model`` moved to ``device`` ("cpu", "cuda", "cuda:N"), or UnavailableError naming why it cannot go there."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "built without CUDA" if torch.version.cuda is None else "no CUDA device visible"
+            raise UnavailableError(
+                f"device {str(device)!r} is not available here (torch {torch.__version__}, {built}); use device 'cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UnavailableError(f"device {str(device)!r} is not available here: "
+                                   f"{torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type != "cpu":
+        raise UnavailableError(f"device {str(device)!r} is not supported: use 'cpu', 'cuda' or 'cuda:N'")
+    return model.to(dev)
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, variant: str | None = None) -> Sam:

@@ -127,3 +127,19 @@ def test_fingerprint_is_format_independent(tiny_model):
     changed = {k: v.clone() for k, v in sd.items()}
     changed["mask_decoder.iou_token.weight"][0, 0] += 1
     assert fingerprint_state_dict("x", sd) != fingerprint_state_dict("x", changed)
+
+
+def test_to_device_moves_or_says_why_not():
+    import torch
+
+    from segany.errors import UnavailableError
+    from segany.models import build_model, to_device
+
+    model = build_model("test-tiny", seed=0)
+    assert to_device(model, "cpu") is model and next(model.parameters()).device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(UnavailableError, match="'cuda:0' is not available here"):
+            to_device(model, "cuda:0")
+    with pytest.raises(UnavailableError, match="not supported"):
+        to_device(model, "meta")
+    assert model.fingerprint  # moving keeps the attributes the loader set

@@ -32,6 +32,7 @@ def register(subparsers) -> None:
     model.add_argument("--model", help="zoo model name (default: the shipped segany-lite)")
     model.add_argument("--checkpoint", help="path to a checkpoint file (.pt/.pth/.safetensors)")
     p.add_argument("--precision", choices=("fast", "exact"), help="encoder precision (default fast)")
+    p.add_argument("--device", help="where the model runs: cpu (default), cuda or cuda:N")
     p.add_argument("--cache-bytes", help="memory cache budget, e.g. 1GiB (default), 0 disables")
     p.add_argument("--cache-dir", help="also keep embeddings on disk in this directory")
     p.add_argument("--cache-disk-bytes", help="disk cache budget (default 10GiB)")
@@ -75,6 +76,7 @@ def settings_from(args: argparse.Namespace, env=None):
         "model": args.model,
         "checkpoint": args.checkpoint,
         "precision": args.precision,
+        "device": args.device,
         "cache_bytes": args.cache_bytes,
         "cache_dir": args.cache_dir,
         "cache_disk_bytes": args.cache_disk_bytes,

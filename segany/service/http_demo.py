@@ -104,7 +104,10 @@ def _export_decoder_bytes(model) -> bytes:
     from segany.onnx import export_decoder
 
     decoder_only = Sam(
-        nn.Identity(), copy.deepcopy(model.prompt_encoder), copy.deepcopy(model.mask_decoder), model.image_size
+        nn.Identity(),
+        copy.deepcopy(model.prompt_encoder).cpu(),  # exported on the CPU, wherever the served model runs
+        copy.deepcopy(model.mask_decoder).cpu(),
+        model.image_size,
     )
     with tempfile.TemporaryDirectory(prefix="segany-decoder-") as tmp:
         path = Path(tmp) / "decoder.onnx"

@@ -12,14 +12,16 @@ cannot load answers UNAVAILABLE with the reason and reports itself unhealthy, so
 Two refinements, both optional:
 
 * **A separate encoder deployment** (``encoder_replicas`` >= 1): the heavy image encoder runs in
-  :class:`SeganyEncoder` replicas, sized on their own (``encoder_num_cpus``), and the gRPC-facing replicas only
-  decode. These keep the engine's queue, merging and cache and send the images of each micro-batch to an encoder
-  replica (:class:`segany.engine.Engine`'s remote encoder), so clicks never share a process with an encode, and
-  hold the prompt encoder and mask decoder only (the image encoder's weights are dropped after loading).
-* **Routing by image id**: a replica registers the ids it has embedded or served as Ray "multiplexed model ids", and
-  Ray's proxy sends a call whose ``multiplexed_model_id`` metadata names an image to a replica that has it in memory
-  (a miss is read from the shared tier, never an error). ``segany.client`` sends that metadata with every call that
-  names an image id; other clients may add it.
+  :class:`SeganyEncoder` replicas, sized on their own (``encoder_num_cpus``; ``encoder_num_gpus`` above 0 runs them
+  on CUDA), and the gRPC-facing replicas only decode. These keep the engine's queue, merging and cache and send the
+  images of each micro-batch, resized to the model's input side, to an encoder replica (:class:`segany.engine.Engine`'s
+  remote encoder), so clicks never share a process with an encode, and hold the prompt encoder and mask decoder only
+  (the image encoder's weights are dropped after loading).
+* **Routing by image id**: after a call that embedded or answered for an image, a replica registers its id as a Ray
+  "multiplexed model id", and Ray's proxy prefers a replica that registered the id named by a call's
+  ``multiplexed_model_id`` metadata (a preference: a replica without the image in memory reads it from the shared
+  tier, never an error). ``segany.client`` sends that metadata with every call that names an image id; other
+  clients may add it.
 
 Ray starts the proxy with ``grpc_options``: ``grpc_servicer_functions`` must name
 ``segany.service.proto.segany_pb2_grpc.add_SeganyServicer_to_server`` (see ``deploy/ray/serve_config.yaml``).
@@ -100,11 +102,11 @@ class _NoImageEncoder(nn.Module):
 
 
 def _load_model(settings: Settings):
-    from segany.models import load_model
+    from segany.models import load_model, to_device
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    return load_model(settings.checkpoint or settings.model)
+    return to_device(load_model(settings.checkpoint or settings.model), settings.device)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}}, max_ongoing_requests=1)
@@ -146,7 +148,9 @@ class SeganyEncoder:
         predictor = await self._ready()
         outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode_sync, predictor, images)
         self._encoded += sum(not isinstance(o, BaseException) for o in outcomes)
-        return [o if isinstance(o, BaseException) else dataclasses.replace(o, original_size=tuple(size))
+        # on the CPU: the decoding replica may have no GPU (its engine moves embeddings to its own device)
+        return [o if isinstance(o, BaseException) else
+                dataclasses.replace(o, image_embeddings=o.image_embeddings.cpu(), original_size=tuple(size))
                 for o, size in zip(outcomes, original_sizes)]
 
     @staticmethod
@@ -298,16 +302,19 @@ class SeganyReplica:
 
 
 #: ``app()`` arguments that are not :class:`Settings` fields, with their defaults.
-DEPLOYMENT_ARGS = {"num_replicas": 1, "num_cpus": 1.0, "encoder_replicas": 0, "encoder_num_cpus": 1.0}
+DEPLOYMENT_ARGS = {"num_replicas": 1, "num_cpus": 1.0, "num_gpus": 0.0,
+                   "encoder_replicas": 0, "encoder_num_cpus": 1.0, "encoder_num_gpus": 0.0}
 
 
 def app(args: dict[str, Any] | None = None) -> serve.Application:
-    """The application: ``args`` are :class:`Settings` fields (``redis_url``, ``model``, ``cache_bytes``, ...) plus
-    ``num_replicas`` (default 1) and ``num_cpus`` per replica (default 1), and, for a separate encoder deployment,
-    ``encoder_replicas`` (default 0: each replica encodes its own images) and ``encoder_num_cpus`` (default 1).
+    """The application: ``args`` are :class:`Settings` fields (``redis_url``, ``model``, ``cache_bytes``,
+    ``device``, ...) plus ``num_replicas`` (default 1), ``num_cpus`` (default 1) and ``num_gpus`` (default 0) per
+    replica, and, for a separate encoder deployment, ``encoder_replicas`` (default 0: each replica encodes its own
+    images), ``encoder_num_cpus`` (default 1) and ``encoder_num_gpus`` (default 0; above 0 the encoders run on
+    CUDA, and the decoding replicas stay where ``device`` says).
     Usable as an import path in a Serve config (``segany.service.ray_app:app``). Unknown names, the settings in
-    :data:`NOT_FOR_RAY`, invalid values, and more than one replica of any kind without the shared ``redis_url`` are
-    refused here, before any replica starts.
+    :data:`NOT_FOR_RAY`, invalid values, and more than one gRPC-facing replica without the shared ``redis_url``
+    are refused here, before any replica starts.
     """
     args = dict(args or {})
     deployment = {name: args.pop(name, default) for name, default in DEPLOYMENT_ARGS.items()}
@@ -326,11 +333,15 @@ def app(args: dict[str, Any] | None = None) -> serve.Application:
     encoder = None
     if encoders:
         encoder_settings = {k: args[k] for k in ("model", "checkpoint", "precision", "torch_threads") if k in args}
+        if float(deployment["encoder_num_gpus"]) > 0:  # Ray gives the replica its GPU(s) as CUDA device 0..
+            encoder_settings["device"] = "cuda"
         encoder_options = {"num_cpus": float(deployment["encoder_num_cpus"]),
+                           "num_gpus": float(deployment["encoder_num_gpus"]),
                            "runtime_env": {"env_vars": REPLICA_ENV}}
         encoder = SeganyEncoder.options(num_replicas=encoders, ray_actor_options=encoder_options).bind(
             encoder_settings)
-    options = {"num_cpus": float(deployment["num_cpus"]), "runtime_env": {"env_vars": REPLICA_ENV}}
+    options = {"num_cpus": float(deployment["num_cpus"]), "num_gpus": float(deployment["num_gpus"]),
+               "runtime_env": {"env_vars": REPLICA_ENV}}
     # each decoding replica may keep every encoder replica busy; Ray's router balances the batches over them
     return SeganyReplica.options(num_replicas=replicas, ray_actor_options=options).bind(args, encoder, max(1, encoders))
 

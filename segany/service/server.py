@@ -103,7 +103,7 @@ async def build_servicer(settings: Settings, model=None, encoder=None, remote_ba
     from segany.cache import build_cache
     from segany.engine import Engine, EngineSettings
     from segany.images import ImageLimits
-    from segany.models import load_model
+    from segany.models import load_model, to_device
     from segany.predictor import Predictor
 
     if settings.torch_threads:
@@ -111,6 +111,7 @@ async def build_servicer(settings: Settings, model=None, encoder=None, remote_ba
     if model is None:
         name = settings.checkpoint or settings.model
         model = await asyncio.get_running_loop().run_in_executor(None, load_model, name)
+        model = to_device(model, settings.device)
     predictor = Predictor(model, settings.precision)
     cache = build_cache(settings.cache_bytes, settings.cache_dir, settings.cache_disk_bytes, settings.redis_url)
     engine = Engine(

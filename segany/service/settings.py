@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -64,8 +65,8 @@ def _decoder_only_copy(model: Any) -> Any:
 
     clone = copy.copy(model)
     clone._modules = dict(model._modules)
-    clone._modules["prompt_encoder"] = copy.deepcopy(model.prompt_encoder)
-    clone._modules["mask_decoder"] = copy.deepcopy(model.mask_decoder)
+    clone._modules["prompt_encoder"] = copy.deepcopy(model.prompt_encoder).cpu()  # exported on the CPU, wherever
+    clone._modules["mask_decoder"] = copy.deepcopy(model.mask_decoder).cpu()  # the served model runs
     clone._modules["image_encoder"] = nn.Identity()
     return clone
 
@@ -79,6 +80,7 @@ class Settings:
     model: str | None = None  # zoo name; None with no checkpoint = the shipped default
     checkpoint: str | None = None
     precision: str = "fast"
+    device: str = "cpu"  # where the model runs: cpu, cuda or cuda:N
     torch_threads: int | None = None  # None: torch's default
     # Cache
     cache_bytes: int = 1 * GiB
@@ -156,6 +158,8 @@ class Settings:
             raise InvalidInputError("mutual TLS (tls_client_ca) needs tls_cert and tls_key too")
         if self.precision not in ("fast", "exact"):
             raise InvalidInputError(f"precision must be 'fast' or 'exact', got {self.precision!r}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)):
+            raise InvalidInputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         return self
 
 

@@ -52,6 +52,19 @@ def test_serve_rejects_bad_flags():
     out = subprocess.run([sys.executable, "-m", "segany", "serve", "--checkpoint", "/nonexistent.pt", "--port", "0"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "nonexistent" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "segany", "serve", "--device", "gpu0", "--port", "0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "device must be 'cpu', 'cuda' or 'cuda:N'" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_serve_on_a_missing_gpu_exits_unavailable_with_the_reason():
+    out = subprocess.run([sys.executable, "-m", "segany", "serve", "--device", "cuda", "--port", "0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr  # EXIT_UNAVAILABLE
+    assert "device 'cuda' is not available here" in out.stderr and "use device 'cpu'" in out.stderr
+    assert "Traceback" not in out.stderr  # one line, not a stack
 
 
 def test_no_model_flag_serves_the_shipped_default(tiny_model, monkeypatch):

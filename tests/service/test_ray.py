@@ -289,6 +289,9 @@ def test_app_refuses_settings_that_do_not_apply_behind_ray():
     with pytest.raises(ValueError, match="redis_url"):
         app({"num_replicas": 2, "encoder_replicas": 1})
     app({"encoder_replicas": 2})  # one decoding replica holds every image it embeds: no shared tier needed
+    app({"encoder_replicas": 1, "encoder_num_gpus": 1, "device": "cpu"})
+    with pytest.raises(Exception, match="device must be"):
+        app({"device": "gpu"})
     with pytest.raises(ValueError, match="encoder_replicas"):
         app({"encoder_replicas": -1, "redis_url": "redis://127.0.0.1:1/0"})
     app({"num_replicas": 2, "encoder_replicas": 1, "encoder_num_cpus": 2, "redis_url": "redis://127.0.0.1:1/0"})
@@ -333,3 +336,17 @@ def test_a_replica_whose_model_cannot_load_answers_unavailable_and_reports_unhea
     with pytest.raises(grpc.aio.AbortError, match="could not load its model"):
         asyncio.run(stream())
     assert context.code == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_an_encoder_replica_without_its_gpu_fails_its_batches_and_reports_unhealthy():
+    import asyncio
+
+    from segany.errors import UnavailableError
+    from segany.service.ray_app import SeganyEncoder
+
+    encoder = SeganyEncoder.func_or_class({"device": "cuda"})  # what encoder_num_gpus > 0 configures
+    with pytest.raises(UnavailableError, match="'cuda' is not available here"):
+        asyncio.run(encoder.encode([np.zeros((8, 8, 3), np.uint8)], [(8, 8)]))
+    with pytest.raises(RuntimeError, match="did not load"):
+        encoder.check_health()
