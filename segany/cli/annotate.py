@@ -54,6 +54,7 @@ def register(subparsers) -> None:
     model.add_argument("--server", metavar="ADDR", help="use a running `segany serve` at host:port instead")
     model.add_argument("--precision", choices=("fast", "exact"), default="fast",
                        help="fast (default) or exact (fp32, same masks as the public SAM implementation)")
+    model.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda or cuda:N")
     run = p.add_argument_group("run")
     run.add_argument("--workers", type=int, default=2, help="image loader threads (default 2)")
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -108,6 +109,8 @@ def run_annotate(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{', '.join(sorted(amg_given))} apply to --everything only")
     if args.server and (args.model or args.checkpoint):
         raise InvalidInputError("--server uses the server's model; drop --model/--checkpoint")
+    if args.server and args.device != "cpu":
+        raise InvalidInputError("--server uses the server's device; drop --device")
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise InvalidInputError("--workers and --threads must be >= 1")
     formats = _formats(args.format)
@@ -129,8 +132,9 @@ def run_annotate(args: argparse.Namespace) -> int:
     else:
         import segany
         from segany.annotate.backends import LocalBackend
+        from segany.models import to_device
 
-        model = segany.load_model(args.checkpoint or args.model)
+        model = to_device(segany.load_model(args.checkpoint or args.model), args.device)
         backend = LocalBackend(segany.Predictor(model, precision=args.precision), everything)
         model_id = model.fingerprint
     prompts = None
@@ -140,6 +144,7 @@ def run_annotate(args: argparse.Namespace) -> int:
     settings = {
         "model": model_id,
         "precision": None if args.server else args.precision,
+        **({"device": args.device} if args.device != "cpu" else {}),  # a GPU rounds differently; cpu runs as before
         "prompts": prompts,
         "everything": amg,
         "formats": list(formats),

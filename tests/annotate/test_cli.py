@@ -146,6 +146,7 @@ def test_bad_images_are_skipped_and_listed(run_cli, image_dir, tiny_checkpoint, 
         (("--everything", "--server", "localhost:1", "--model", "vit_b"), "--server uses the server's model"),
         (("--everything", "--model", "no-such-model"), "unknown model"),
         (("--everything", "--points-per-side", "0"), "points_per_side must be >= 1"),
+        (("--everything", "--server", "localhost:1", "--device", "cuda"), "--server uses the server's device"),
     ],
 )
 def test_usage_errors_exit_2(run_cli, image_dir, tmp_path, args, message):
@@ -153,6 +154,14 @@ def test_usage_errors_exit_2(run_cli, image_dir, tmp_path, args, message):
     args = tuple(str(tmp_path / a) if a == "p.jsonl" else a for a in args)
     code, err = run_cli("annotate", image_dir, "--out", tmp_path / "out", *args)
     assert code == 2 and message in err, err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_a_missing_device_exits_3_with_the_reason(run_cli, image_dir, tiny_checkpoint, tmp_path):
+    code, err = run_cli("annotate", image_dir, "--out", tmp_path / "out", "--everything", "--checkpoint",
+                        tiny_checkpoint, "--device", "cuda")
+    assert code == 3 and "device 'cuda' is not available here" in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
 
 
 def test_argparse_errors_exit_2(run_cli, tmp_path):
