@@ -176,6 +176,8 @@ class Engine:
         self._remote = encoder
         self.cache = cache
         self.settings = settings or EngineSettings()
+        if self.settings.remote_batches < 1:
+            raise ValueError(f"remote_batches must be >= 1, got {self.settings.remote_batches}")
         self._remote_slots = asyncio.Semaphore(self.settings.remote_batches)
         self._remote_tasks: set[asyncio.Task] = set()
         self.fingerprint = predictor.fingerprint
@@ -199,7 +201,9 @@ class Engine:
     def _ensure_worker(self) -> None:
         if self._closed:
             raise UnavailableError("the engine is shut down")
-        if self._worker is None:
+        if self._worker is None or self._worker.done():  # a loop that died (a bug) is replaced, not left dead
+            if self._worker is not None and not self._worker.cancelled() and self._worker.exception() is not None:
+                log.error("the encode loop had stopped: %r; restarting it", self._worker.exception())
             self._wakeup = asyncio.Event()
             # In a fresh context: the loop outlives the request that starts it and must not carry that request's
             # context variables (a framework may tie calls made under them to the request, and cancel them with it).
@@ -420,12 +424,12 @@ class Engine:
             for job in batch:
                 job.state = "encoding"
                 job.stages["queue_wait"] = now - job.queued_at
-            self.stats.encoding += len(batch)
             if self._remote is not None:
                 task = loop.create_task(self._remote_batch(batch, now))
                 self._remote_tasks.add(task)
-                task.add_done_callback(self._remote_tasks.discard)
+                task.add_done_callback(self._remote_done)
                 continue
+            self.stats.encoding += len(batch)
             try:
                 outcomes = await loop.run_in_executor(self._encode_pool, self._encode_sync, batch)
             finally:
@@ -433,12 +437,22 @@ class Engine:
             await self._complete(batch, outcomes, now)
 
     async def _remote_batch(self, batch: list[_EncodeJob], started: float) -> None:
+        self.stats.encoding += len(batch)
         try:
-            outcomes = await self._encode_remote([job.image for job in batch])
-        finally:
-            self.stats.encoding -= len(batch)
-            self._remote_slots.release()
-        await self._complete(batch, outcomes, started)
+            try:
+                outcomes = await self._encode_remote([job.image for job in batch])
+            finally:
+                self.stats.encoding -= len(batch)
+            await self._complete(batch, outcomes, started)
+        finally:  # whatever went wrong, no caller of this batch is left waiting
+            for job in batch:
+                if job.state != "done":
+                    self._finish(job, UnavailableError("the image encoder call failed; retry"))
+
+    def _remote_done(self, task: asyncio.Task) -> None:
+        self._remote_tasks.discard(task)
+        self._remote_slots.release()  # here, not in the task: a task cancelled before it starts still frees its slot
+        _log_unexpected(task)
 
     async def _complete(self, batch: list[_EncodeJob], outcomes: list, started: float) -> None:
         elapsed = time.perf_counter() - started
@@ -463,8 +477,9 @@ class Engine:
             if len(outcomes) != len(images):
                 raise RuntimeError(f"it returned {len(outcomes)} results for {len(images)} images")
         except asyncio.CancelledError as exc:
-            if self._closed:  # the engine is shutting down: the loop ends
-                raise
+            task = asyncio.current_task()
+            if self._closed or (task is not None and getattr(task, "cancelling", lambda: 0)()):
+                raise  # this task itself is being cancelled (shutdown, or a caller of warm_up): let it end
             # the call was cancelled, not this loop (e.g. a remote framework cancelled it): fail the batch, go on
             log.warning("the remote encoder call was cancelled")
             return [UnavailableError(f"the image encoder call was cancelled ({exc or 'no reason given'}); retry")

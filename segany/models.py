@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from segany.errors import CheckpointError, UnavailableError, UnknownModelError
+from segany.errors import CheckpointError, InvalidInputError, UnavailableError, UnknownModelError
 from segany.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 #: Name of the model that ships inside the package and is used when no model is named.
@@ -351,8 +351,12 @@ def _materialize_buffers(model: nn.Module) -> None:
 
 
 def to_device(model: Sam, device: str | torch.device) -> Sam:
-    """``model`` moved to ``device`` ("cpu", "cuda", "cuda:N"), or UnavailableError naming why it cannot go there."""
-    dev = torch.device(device)
+    """``model`` moved to ``device`` ("cpu", "cuda", "cuda:N"), or UnavailableError naming why it cannot go there
+    (InvalidInputError for a name torch does not parse)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidInputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             built = "built without CUDA" if torch.version.cuda is None else "no CUDA device visible"

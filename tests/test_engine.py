@@ -451,3 +451,33 @@ def test_remote_batches_go_out_concurrently_and_a_cancelled_call_fails_only_its_
     assert isinstance(first, UnavailableError) and "cancelled" in str(first)  # the loop survived the cancellation
     assert len({r.image_id for r in results}) == 6 and not any(r.cached for r in results)
     assert remote.most_running == 3  # three batches away at once, never more
+
+
+def test_remote_engine_guards(tiny_model):
+    """A zero slot count is refused; a bug after the remote call fails the batch's callers instead of leaving them
+    waiting; cancelling a caller of warm_up cancels it (the engine does not swallow its own cancellation)."""
+    from segany.errors import UnavailableError
+
+    with pytest.raises(ValueError, match="remote_batches"):
+        Engine(Predictor(tiny_model), MemoryCache(1 << 20), EngineSettings(remote_batches=0),
+               encoder=FakeRemoteEncoder(tiny_model))
+
+    engine = Engine(Predictor(tiny_model), MemoryCache(64 << 20), encoder=FakeRemoteEncoder(tiny_model))
+
+    async def broken_complete(*args):
+        raise RuntimeError("a bug")
+
+    engine._complete = broken_complete
+
+    async def main():
+        outcome = await asyncio.gather(engine.embed_bytes(png(30)), return_exceptions=True)
+        warm = asyncio.ensure_future(engine.warm_up())
+        await asyncio.sleep(0.01)
+        warm.cancel()
+        await asyncio.gather(warm, return_exceptions=True)
+        await engine.close()
+        return outcome[0], warm
+
+    failed, warm = asyncio.run(asyncio.wait_for(main(), 60))
+    assert isinstance(failed, UnavailableError)
+    assert warm.cancelled()

@@ -143,3 +143,12 @@ def test_to_device_moves_or_says_why_not():
     with pytest.raises(UnavailableError, match="not supported"):
         to_device(model, "meta")
     assert model.fingerprint  # moving keeps the attributes the loader set
+
+
+def test_to_device_refuses_names_torch_does_not_parse():
+    from segany.errors import InvalidInputError
+    from segany.models import build_model, to_device
+
+    for name in ("gpu", "cuda:x", "cuda:-1"):
+        with pytest.raises(InvalidInputError, match="device must be"):
+            to_device(build_model("test-tiny", seed=0), name)

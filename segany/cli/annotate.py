@@ -128,6 +128,7 @@ def run_annotate(args: argparse.Namespace) -> int:
         from segany.annotate.backends import ServerBackend
 
         backend = ServerBackend(args.server, everything)
+        device_kind = "cpu"  # the server's business
         model_id = f"server:{args.server}"
     else:
         import segany
@@ -135,6 +136,7 @@ def run_annotate(args: argparse.Namespace) -> int:
         from segany.models import to_device
 
         model = to_device(segany.load_model(args.checkpoint or args.model), args.device)
+        device_kind = next(model.parameters()).device.type
         backend = LocalBackend(segany.Predictor(model, precision=args.precision), everything)
         model_id = model.fingerprint
     prompts = None
@@ -144,7 +146,9 @@ def run_annotate(args: argparse.Namespace) -> int:
     settings = {
         "model": model_id,
         "precision": None if args.server else args.precision,
-        **({"device": args.device} if args.device != "cpu" else {}),  # a GPU rounds differently; cpu runs as before
+        # a GPU rounds differently from the CPU (not one GPU from another): its kind joins the settings; CPU runs
+        # record none, as before the option existed
+        **({"device": device_kind} if device_kind != "cpu" else {}),
         "prompts": prompts,
         "everything": amg,
         "formats": list(formats),

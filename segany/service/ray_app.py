@@ -148,7 +148,7 @@ class SeganyEncoder:
         predictor = await self._ready()
         outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode_sync, predictor, images)
         self._encoded += sum(not isinstance(o, BaseException) for o in outcomes)
-        # on the CPU: the decoding replica may have no GPU (its engine moves embeddings to its own device)
+        # on the CPU: the decoding replica may have no GPU (its predictor copies an embedding to its device per call)
         return [o if isinstance(o, BaseException) else
                 dataclasses.replace(o, image_embeddings=o.image_embeddings.cpu(), original_size=tuple(size))
                 for o, size in zip(outcomes, original_sizes)]
@@ -311,7 +311,8 @@ def app(args: dict[str, Any] | None = None) -> serve.Application:
     ``device``, ...) plus ``num_replicas`` (default 1), ``num_cpus`` (default 1) and ``num_gpus`` (default 0) per
     replica, and, for a separate encoder deployment, ``encoder_replicas`` (default 0: each replica encodes its own
     images), ``encoder_num_cpus`` (default 1) and ``encoder_num_gpus`` (default 0; above 0 the encoders run on
-    CUDA, and the decoding replicas stay where ``device`` says).
+    CUDA; ``num_gpus`` above 0 does the same for the decoding replicas, and ``device`` other than cpu without it is
+    refused: Ray hides GPUs from replicas that reserve none).
     Usable as an import path in a Serve config (``segany.service.ray_app:app``). Unknown names, the settings in
     :data:`NOT_FOR_RAY`, invalid values, and more than one gRPC-facing replica without the shared ``redis_url``
     are refused here, before any replica starts.
@@ -324,6 +325,12 @@ def app(args: dict[str, Any] | None = None) -> serve.Application:
         raise ValueError(f"unknown segany settings for the Ray app: {unknown} (settings of segany serve's own "
                          f"listener do not apply behind Ray's proxy); known: {sorted(known | set(DEPLOYMENT_ARGS))}")
     Settings(**args).validated()
+    gpus = float(deployment["num_gpus"])
+    if gpus > 0:
+        args.setdefault("device", "cuda")  # Ray shows the replica its GPU(s) as CUDA devices 0..
+    elif args.get("device", "cpu") != "cpu":
+        raise ValueError(f"device {args['device']!r} needs num_gpus > 0: Ray hides the GPUs from replicas that "
+                         "reserve none")
     replicas, encoders = int(deployment["num_replicas"]), int(deployment["encoder_replicas"])
     if replicas < 1 or encoders < 0:
         raise ValueError(f"num_replicas must be >= 1 and encoder_replicas >= 0, got {replicas} and {encoders}")
@@ -340,8 +347,7 @@ def app(args: dict[str, Any] | None = None) -> serve.Application:
                            "runtime_env": {"env_vars": REPLICA_ENV}}
         encoder = SeganyEncoder.options(num_replicas=encoders, ray_actor_options=encoder_options).bind(
             encoder_settings)
-    options = {"num_cpus": float(deployment["num_cpus"]), "num_gpus": float(deployment["num_gpus"]),
-               "runtime_env": {"env_vars": REPLICA_ENV}}
+    options = {"num_cpus": float(deployment["num_cpus"]), "num_gpus": gpus, "runtime_env": {"env_vars": REPLICA_ENV}}
     # each decoding replica may keep every encoder replica busy; Ray's router balances the batches over them
     return SeganyReplica.options(num_replicas=replicas, ray_actor_options=options).bind(args, encoder, max(1, encoders))
 

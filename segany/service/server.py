@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -96,7 +97,8 @@ async def build_servicer(settings: Settings, model=None, encoder=None, remote_ba
     """The servicer with its engine, cache and metrics, not bound to any server (``create_server`` and the Ray Serve
     application both use it). The model is loaded here unless given; warm it with ``servicer.engine.warm_up()``.
     ``encoder``: the engine's remote encoder (see :class:`segany.engine.Engine`), when images are encoded elsewhere,
-    with ``remote_batches`` micro-batches sent off at once.
+    with ``remote_batches`` micro-batches sent off at once. A ``model`` given is served where it is
+    (``settings.device`` applies to the model loaded here).
     """
     import torch
 
@@ -235,6 +237,11 @@ async def _serve_metrics_http(host: str, port: int, metrics: ServiceMetrics) -> 
     return await asyncio.start_server(handle, host, port)
 
 
+def _exit_now() -> None:
+    print("segany: second signal, exiting now", file=sys.stderr, flush=True)
+    os._exit(130)  # the CLI's "interrupted" exit code
+
+
 async def serve(settings: Settings, out=sys.stdout) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully. Prints ``segany serving on HOST:PORT`` once bound."""
     service, port = await create_server(settings)
@@ -254,10 +261,13 @@ async def serve(settings: Settings, out=sys.stdout) -> int:
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (grace %.1fs)", settings.grace_seconds)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal stops at once, whatever is still running
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, _exit_now)
     if demo is not None:
         demo.close()
     await service.stop()
-    if demo is not None and not await loop.run_in_executor(None, demo.finish_export):
+    if demo is not None and not await loop.run_in_executor(None, demo.finish_export, max(settings.grace_seconds, 30)):
         log.warning("the demo's decoder export is still running; exiting anyway")
     print("segany stopped", file=out, flush=True)
     return 0

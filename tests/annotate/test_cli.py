@@ -147,6 +147,7 @@ def test_bad_images_are_skipped_and_listed(run_cli, image_dir, tiny_checkpoint, 
         (("--everything", "--model", "no-such-model"), "unknown model"),
         (("--everything", "--points-per-side", "0"), "points_per_side must be >= 1"),
         (("--everything", "--server", "localhost:1", "--device", "cuda"), "--server uses the server's device"),
+        (("--everything", "--device", "gpu"), "device must be 'cpu', 'cuda' or 'cuda:N'"),
     ],
 )
 def test_usage_errors_exit_2(run_cli, image_dir, tmp_path, args, message):

@@ -289,7 +289,9 @@ def test_app_refuses_settings_that_do_not_apply_behind_ray():
     with pytest.raises(ValueError, match="redis_url"):
         app({"num_replicas": 2, "encoder_replicas": 1})
     app({"encoder_replicas": 2})  # one decoding replica holds every image it embeds: no shared tier needed
-    app({"encoder_replicas": 1, "encoder_num_gpus": 1, "device": "cpu"})
+    app({"encoder_replicas": 1, "encoder_num_gpus": 1, "num_gpus": 1})  # both deployments on CUDA
+    with pytest.raises(ValueError, match="needs num_gpus"):
+        app({"device": "cuda"})  # Ray would hide the GPUs from the replica
     with pytest.raises(Exception, match="device must be"):
         app({"device": "gpu"})
     with pytest.raises(ValueError, match="encoder_replicas"):
