@@ -14,6 +14,10 @@ Concurrency model (one asyncio loop, three executors):
   last (:class:`~segany.warm_pool.WarmThreadPool`), so back-to-back clicks stay on one warm OpenMP team.
 * Encodes and decodes that run at the same time split the torch threads (:class:`~segany.warm_pool.ThreadShare`,
   budget ``torch_threads``): the encoder and a lone decode use all of them, a decode beside other work a share.
+  On a GPU the threads do not matter but both run on the default CUDA stream, so there a decode can wait behind an
+  encode's kernels (a separate encoder process, e.g. the Ray app's encoder deployment, avoids that).
+* With a remote encoder (``encoder=``), the queue's micro-batches go to it instead of the encode thread, up to
+  ``remote_batches`` at once; merging, limits, cache and cancellation are unchanged.
 
 The image id is the cache key (sha256 of the bytes + model fingerprint + preprocessing version): computed here,
 never chosen by a client. All public methods are coroutines; call them from one event loop.
