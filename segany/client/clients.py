@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from segany import errors
-from segany.client.errors import Unavailable, error_from_rpc
+from segany.client.errors import Unavailable, Unimplemented, error_from_rpc
 from segany.client.messages import (
     DTYPES,
     EmbeddedImage,
@@ -183,12 +183,26 @@ class Client(_Base):
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Poll health until SERVING; Unavailable when it does not come within ``timeout``."""
+        """Poll health until SERVING; Unavailable when it does not come within ``timeout``.
+
+        Behind a proxy that does not serve grpc.health.v1 (Ray Serve's: ``segany.service.ray_app``), ``GetModelInfo``
+        answers instead: its ``ready`` flag, once a replica has loaded and warmed its model.
+        """
         deadline = time.monotonic() + timeout
+        use_health = True
         while True:
+            remaining = max(0.1, deadline - time.monotonic())
             try:
-                if self.health(timeout=max(0.1, min(5.0, deadline - time.monotonic()))) == "SERVING":
+                if use_health:
+                    if self.health(timeout=min(5.0, remaining)) == "SERVING":
+                        return
+                elif self.model_info(timeout=remaining).ready:
                     return
+            except Unimplemented:
+                if not use_health:  # neither: not a segany service
+                    raise
+                use_health = False
+                continue
             except Unavailable:
                 pass
             if time.monotonic() >= deadline:

@@ -130,3 +130,28 @@ def test_calls_naming_an_image_id_carry_it_for_ray_routing():
         c.embed(b"\x89PNG")  # bytes name no id yet
         c.model_info()
         assert seen == {"Embed": (("authorization", "Bearer t"),), "GetModelInfo": (("authorization", "Bearer t"),)}
+
+
+def test_wait_ready_falls_back_to_model_info_where_health_is_not_served():
+    """Ray Serve's proxy serves no grpc.health.v1: ``wait_ready`` then waits on GetModelInfo's ready flag."""
+    answers = iter([pb.ModelInfo(ready=False), pb.ModelInfo(ready=True)])
+
+    class Stub:
+        def GetModelInfo(self, request, timeout=None, metadata=()):  # noqa: N802
+            return next(answers)
+
+    def unimplemented(*args, **kwargs):
+        raise client.Unimplemented("unknown service grpc.health.v1.Health", grpc.StatusCode.UNIMPLEMENTED)
+
+    with client.Client("127.0.0.1:1") as c:
+        c._stub, c.health = Stub(), unimplemented
+        c.wait_ready(timeout=5)  # returns once ready
+        assert next(answers, None) is None
+
+        class NotSegany:
+            def GetModelInfo(self, request, timeout=None, metadata=()):  # noqa: N802
+                raise FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "unknown service segany.v1.Segany")
+
+        c._stub = NotSegany()
+        with pytest.raises(client.Unimplemented):  # neither service: an error at once, not a wait
+            c.wait_ready(timeout=5)

@@ -171,6 +171,33 @@ def test_segment_stream_through_ray(ray_address):
         assert isinstance(reply.error, NotFound) and "call Embed" in reply.error.message  # per request, as served
 
 
+def test_annotate_with_the_ray_app_as_its_server(ray_address, tmp_path):
+    """`segany annotate --server` against Ray's proxy (no grpc.health.v1 there: the client waits on GetModelInfo)."""
+    import json
+
+    from segany.cli.main import main
+    from segany.masks import decode_rle
+    from tests.annotate.conftest import write_images, write_jsonl
+
+    images = tmp_path / "images"
+    write_images(images, {"a.png": (90, 120), "b.png": (70, 60)})
+    prompts = write_jsonl(tmp_path / "p.jsonl", [
+        {"image": "a.png", "prompts": [{"box": [10, 10, 80, 60], "class": "car"}, {"points": [[40, 30]]}]},
+        {"image": "b.png", "box": [5, 5, 50, 60], "class": "car"},
+    ])
+    outs = {}
+    for name, source in (("ray", ["--server", ray_address]), ("local", [])):
+        outs[name] = tmp_path / name
+        assert main(["annotate", str(images), "--out", str(outs[name]), "--prompts", str(prompts), *source]) == 0
+    ray_coco, local_coco = (json.loads((outs[n] / "annotations.json").read_text()) for n in ("ray", "local"))
+    assert len(ray_coco["annotations"]) == len(local_coco["annotations"]) == 3
+    for mine, theirs in zip(ray_coco["annotations"], local_coco["annotations"]):
+        assert mine["category_id"] == theirs["category_id"]
+        a, b = (decode_rle(x["segmentation"]) for x in (mine, theirs))
+        # the encoder replica's bf16 encoder rounds differently from this process: masks agree, not bit for bit
+        assert np.logical_and(a, b).sum() >= 0.9 * np.logical_or(a, b).sum()
+
+
 def _descends_from(pid: int, ancestor: int) -> bool:
     while pid > 1:
         if pid == ancestor:
