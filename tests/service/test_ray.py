@@ -176,9 +176,12 @@ def test_annotate_with_the_ray_app_as_its_server(ray_address, tmp_path):
     import json
 
     from segany.cli.main import main
+    from segany.client import Unimplemented
     from segany.masks import decode_rle
     from tests.annotate.conftest import write_images, write_jsonl
 
+    with Client(ray_address, timeout=60) as client, pytest.raises(Unimplemented):
+        client.health()  # what makes wait_ready fall back
     images = tmp_path / "images"
     write_images(images, {"a.png": (90, 120), "b.png": (70, 60)})
     prompts = write_jsonl(tmp_path / "p.jsonl", [
