@@ -315,3 +315,28 @@ class AsyncClient(_Base):
         stub = health_pb2_grpc.HealthStub(self._channel)
         response = await self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """As :meth:`Client.wait_ready`: health until SERVING, or GetModelInfo's ``ready`` where health is not
+        served (Ray Serve's proxy); Unavailable when neither comes within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        use_health = True
+        while True:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                if use_health:
+                    if await self.health(timeout=min(5.0, remaining)) == "SERVING":
+                        return
+                elif (await self.model_info(timeout=remaining)).ready:
+                    return
+            except Unimplemented:
+                if not use_health:  # neither: not a segany service
+                    raise
+                use_health = False
+                continue
+            except Unavailable:
+                pass
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"{self.target} did not report SERVING within {timeout:g}s",
+                                  grpc.StatusCode.UNAVAILABLE)
+            await asyncio.sleep(0.05)

@@ -195,16 +195,23 @@ def test_default_onnx_provider_exports_without_touching_the_live_model(server):
 def test_async_client_has_the_same_methods(server, image):
     async def main():
         async with AsyncClient(server.address) as c:
-            img = await c.embed(image[1])
+            await c.embed(image[1])
+            img = await c.embed(image[1])  # cached now, whichever tests ran before
             results = await asyncio.gather(*(c.segment(img.id, points=[[10 * i + 5, 20]], labels=[1])
                                              for i in range(4)))
             many = await c.segment_many(img, [{"box": [0, 0, 50, 50]}])
             info = await c.model_info()
+            await c.wait_ready(timeout=10)
             return img, results, many, info, await c.health()
 
     img, results, many, info, health = asyncio.run(main())
     assert img.cached and len(results) == 4 and all(r.masks.shape == (3, 96, 128) for r in results)
     assert many[0].masks.shape == (1, 96, 128) and info.variant == "test-tiny" and health == "SERVING"
+
+
+def test_both_clients_have_the_same_public_methods():
+    public = {cls: {n for n in dir(cls) if not n.startswith("_")} for cls in (Client, AsyncClient)}
+    assert public[Client] == public[AsyncClient]
 
 
 def test_many_clients_in_threads(server, image):

@@ -155,3 +155,24 @@ def test_wait_ready_falls_back_to_model_info_where_health_is_not_served():
         c._stub = NotSegany()
         with pytest.raises(client.Unimplemented):  # neither service: an error at once, not a wait
             c.wait_ready(timeout=5)
+
+
+def test_async_wait_ready_falls_back_to_model_info_too():
+    import asyncio
+
+    answers = iter([pb.ModelInfo(ready=False), pb.ModelInfo(ready=True)])
+
+    class Stub:
+        async def GetModelInfo(self, request, timeout=None, metadata=()):  # noqa: N802
+            return next(answers)
+
+    async def unimplemented(*args, **kwargs):
+        raise client.Unimplemented("unknown service grpc.health.v1.Health", grpc.StatusCode.UNIMPLEMENTED)
+
+    async def main():
+        async with client.AsyncClient("127.0.0.1:1") as c:
+            c._stub, c.health = Stub(), unimplemented
+            await c.wait_ready(timeout=5)
+
+    asyncio.run(main())
+    assert next(answers, None) is None
