@@ -94,26 +94,36 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     async def _begin(self, context):
-        request_id = _request_id(context)
-        token_id = REQUEST_ID.set(request_id)
-        token_st = STAGES.set({})
-        await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-        return token_id, token_st, time.perf_counter()
+        tokens = begin_call(context)
+        await context.send_initial_metadata(((REQUEST_ID_KEY, REQUEST_ID.get()),))
+        return tokens
 
     def _end(self, method, context, error, start, token_id, token_st) -> None:
-        elapsed = time.perf_counter() - start
-        code = _code_name(context, error)
-        stages = STAGES.get() or {}
-        self.metrics.requests.inc(method=method, code=code)
-        self.metrics.latency.observe(elapsed, method=method)
-        for name, seconds in stages.items():
-            self.metrics.stages.observe(seconds, stage=name)
-        timing = " ".join(f"{name}={seconds * 1000:.1f}ms" for name, seconds in stages.items())
-        level = logging.WARNING if code in ("INTERNAL", "UNKNOWN") else logging.INFO
-        log.log(level, "rid=%s method=%s code=%s total=%.1fms %s peer=%s", REQUEST_ID.get(), method, code,
-                elapsed * 1000, timing, context.peer())
-        REQUEST_ID.reset(token_id)
-        STAGES.reset(token_st)
+        end_call(self.metrics, method, _code_name(context, error), (token_id, token_st, start), context.peer())
+
+
+def begin_call(context) -> tuple:
+    """Start the bookkeeping of one call: its request id (the caller's ``x-request-id`` or a new one) and an empty
+    stage-timing dict in the context variables, and the start time. Returns the state :func:`end_call` takes."""
+    return REQUEST_ID.set(_request_id(context)), STAGES.set({}), time.perf_counter()
+
+
+def end_call(metrics: ServiceMetrics, method: str, code: str, state: tuple, peer: str) -> None:
+    """Finish what :func:`begin_call` started: the RPC and stage metrics and one log line (code, total and per-stage
+    milliseconds). Shared by :class:`ObservabilityInterceptor` and the Ray Serve replicas."""
+    token_id, token_st, start = state
+    elapsed = time.perf_counter() - start
+    stages = STAGES.get() or {}
+    metrics.requests.inc(method=method, code=code)
+    metrics.latency.observe(elapsed, method=method)
+    for name, seconds in stages.items():
+        metrics.stages.observe(seconds, stage=name)
+    timing = " ".join(f"{name}={seconds * 1000:.1f}ms" for name, seconds in stages.items())
+    level = logging.WARNING if code in ("INTERNAL", "UNKNOWN") else logging.INFO
+    log.log(level, "rid=%s method=%s code=%s total=%.1fms %s peer=%s", REQUEST_ID.get(), method, code,
+            elapsed * 1000, timing, peer)
+    REQUEST_ID.reset(token_id)
+    STAGES.reset(token_st)
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):

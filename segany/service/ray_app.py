@@ -72,6 +72,16 @@ class _Context:
         return self._ray.invocation_metadata()
 
 
+def _code_name(grpc_context, error: BaseException | None) -> str:
+    """The status name a call ended with, for the metrics and the log line (what the interceptor records)."""
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    code = grpc_context.code()
+    if code is None or code == grpc.StatusCode.OK:
+        return "UNKNOWN" if error is not None and not isinstance(error, _Aborted) else "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
 #: ``segany serve``'s process settings (:func:`segany.runtime.tune_process`) as environment for the replica processes:
 #: Ray starts those, so the settings must be in place when each process starts (glibc reads its variables then).
 REPLICA_ENV = {
@@ -254,13 +264,17 @@ class SeganyReplica:
         if servicer is None:
             return empty
         context = _Context(grpc_context)
-        token = interceptors.REQUEST_ID.set(interceptors._request_id(context))  # named in INTERNAL messages, logs
+        state = interceptors.begin_call(context)  # a request id (in INTERNAL messages and logs), stage timings
+        error = None
         try:
             return await getattr(servicer, name)(request, context)
         except _Aborted:
             return empty
-        finally:
-            interceptors.REQUEST_ID.reset(token)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:  # the RPC metrics and the log line of `segany serve`'s interceptor
+            interceptors.end_call(servicer.metrics, name, _code_name(grpc_context, error), state, grpc_context.peer())
 
     async def Embed(self, request: pb.EmbedRequest, grpc_context) -> pb.EmbedResponse:  # noqa: N802 - RPC names
         response = await self._call("Embed", request, grpc_context, pb.EmbedResponse())
@@ -280,16 +294,21 @@ class SeganyReplica:
         if servicer is None:
             raise _Aborted(grpc_context.details())
         context = _Context(grpc_context)
-        token = interceptors.REQUEST_ID.set(interceptors._request_id(context))
+        state = interceptors.begin_call(context)
         registered = False
+        error = None
         try:
             async for reply in servicer.SegmentStream(request_stream, context):
                 if not registered and reply.HasField("response"):
                     self._register_later(serve.get_multiplexed_model_id())
                     registered = True
                 yield reply
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            interceptors.REQUEST_ID.reset(token)
+            interceptors.end_call(servicer.metrics, "SegmentStream", _code_name(grpc_context, error), state,
+                                  grpc_context.peer())
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, grpc_context) -> pb.ModelInfo:  # noqa: N802
         return await self._call("GetModelInfo", request, grpc_context, pb.ModelInfo())

@@ -129,25 +129,31 @@ def test_replicas_answer_like_the_predictor_and_share_embeddings(ray_address, re
         assert info.ready and info.fingerprint == local.model_fingerprint
 
 
-def _decode_calls(client: Client, image_id: str) -> int:
-    """``segany_decode_calls_total`` of the replica that Ray routes ``image_id`` to."""
+def _metric(client: Client, image_id: str, prefix: str) -> int:
+    """A counter of the replica that Ray routes ``image_id`` to (0 when it has not counted yet)."""
     from segany.service.proto import segany_pb2 as pb
 
     text = client._stub.GetMetrics(pb.GetMetricsRequest(), timeout=60,
                                    metadata=(("multiplexed_model_id", image_id),)).text
-    (line,) = [x for x in text.splitlines() if x.startswith("segany_decode_calls_total ")]
-    return int(float(line.split()[1]))
+    lines = [x for x in text.splitlines() if x.startswith(prefix + " ")]
+    return int(float(lines[0].split()[1])) if lines else 0
+
+
+def _decode_calls(client: Client, image_id: str) -> int:
+    return _metric(client, image_id, "segany_decode_calls_total")
 
 
 def test_clicks_on_an_image_go_to_the_replica_that_holds_it(ray_address):
     with Client(ray_address, timeout=120) as client:
         img = client.embed(png_bytes(random_image(90, 100, seed=11)))
         time.sleep(1.0)  # the replica pushes the ids it holds to Ray's router every 0.1 s
-        before = _decode_calls(client, img.id)
+        rpcs = 'segany_rpc_requests_total{code="OK",method="Segment"}'
+        before, rpcs_before = _decode_calls(client, img.id), _metric(client, img.id, rpcs)
         for i in range(20):
             client.segment(img.id, points=[[5 + 4 * i, 40]], labels=[1])
         # without routing, each click would go to either replica (10 of 20 expected here)
         assert _decode_calls(client, img.id) - before == 20
+        assert _metric(client, img.id, rpcs) - rpcs_before == 20  # the replicas count RPCs as `segany serve` does
 
 
 def test_segment_stream_through_ray(ray_address):
