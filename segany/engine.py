@@ -435,10 +435,13 @@ class Engine:
                 continue
             self.stats.encoding += len(batch)
             try:
-                outcomes = await loop.run_in_executor(self._encode_pool, self._encode_sync, batch)
+                try:
+                    outcomes = await loop.run_in_executor(self._encode_pool, self._encode_sync, batch)
+                finally:
+                    self.stats.encoding -= len(batch)
+                await self._complete(batch, outcomes, now)
             finally:
-                self.stats.encoding -= len(batch)
-            await self._complete(batch, outcomes, now)
+                self._fail_unfinished(batch)
 
     async def _remote_batch(self, batch: list[_EncodeJob], started: float) -> None:
         self.stats.encoding += len(batch)
@@ -448,10 +451,14 @@ class Engine:
             finally:
                 self.stats.encoding -= len(batch)
             await self._complete(batch, outcomes, started)
-        finally:  # whatever went wrong, no caller of this batch is left waiting
-            for job in batch:
-                if job.state != "done":
-                    self._finish(job, UnavailableError("the image encoder call failed; retry"))
+        finally:
+            self._fail_unfinished(batch)
+
+    def _fail_unfinished(self, batch: list[_EncodeJob]) -> None:
+        """Whatever went wrong, no caller of ``batch`` is left waiting."""
+        for job in batch:
+            if job.state != "done":
+                self._finish(job, UnavailableError("the image encoder call failed; retry"))
 
     def _remote_done(self, task: asyncio.Task) -> None:
         self._remote_tasks.discard(task)

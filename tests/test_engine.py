@@ -481,3 +481,25 @@ def test_remote_engine_guards(tiny_model):
     failed, warm = asyncio.run(asyncio.wait_for(main(), 60))
     assert isinstance(failed, UnavailableError)
     assert warm.cancelled()
+
+
+def test_a_bug_after_a_local_encode_fails_the_callers_and_the_next_embed_still_works(tiny_model):
+    from segany.errors import UnavailableError
+
+    engine, _ = make_engine(tiny_model)
+    real_complete = engine._complete
+
+    async def broken_once(*args):
+        engine._complete = real_complete
+        raise RuntimeError("a bug")
+
+    engine._complete = broken_once
+
+    async def main():
+        first = await asyncio.gather(engine.embed_bytes(png(40)), return_exceptions=True)
+        second = await engine.embed_bytes(png(41))  # the dead loop is replaced
+        await engine.close()
+        return first[0], second
+
+    failed, second = asyncio.run(asyncio.wait_for(main(), 60))
+    assert isinstance(failed, UnavailableError) and second.image_id
