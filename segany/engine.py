@@ -237,8 +237,12 @@ class Engine:
         self.ready = False
         if self._worker is not None:
             self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._worker
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # noqa: BLE001 - a loop that had died of a bug: shut down all the same
+                log.exception("the encode loop had failed")
         for task in list(self._remote_tasks):
             task.cancel()
         await asyncio.gather(*self._remote_tasks, return_exceptions=True)
@@ -440,6 +444,8 @@ class Engine:
                 finally:
                     self.stats.encoding -= len(batch)
                 await self._complete(batch, outcomes, now)
+            except Exception:  # noqa: BLE001 - a bug: this batch fails (below), the loop and the queue go on
+                log.exception("encode batch failed")
             finally:
                 self._fail_unfinished(batch)
 
@@ -458,7 +464,9 @@ class Engine:
         """Whatever went wrong, no caller of ``batch`` is left waiting."""
         for job in batch:
             if job.state != "done":
-                self._finish(job, UnavailableError("the image encoder call failed; retry"))
+                message = ("the server is shutting down; retry on another replica" if self._closed
+                           else "the image encoder call failed; retry")
+                self._finish(job, UnavailableError(message))
 
     def _remote_done(self, task: asyncio.Task) -> None:
         self._remote_tasks.discard(task)

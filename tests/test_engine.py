@@ -483,10 +483,10 @@ def test_remote_engine_guards(tiny_model):
     assert warm.cancelled()
 
 
-def test_a_bug_after_a_local_encode_fails_the_callers_and_the_next_embed_still_works(tiny_model):
+def test_a_bug_after_a_local_encode_fails_only_that_batch_and_the_queue_goes_on(tiny_model):
     from segany.errors import UnavailableError
 
-    engine, _ = make_engine(tiny_model)
+    engine, _ = make_engine(tiny_model, encode_batch=1)
     real_complete = engine._complete
 
     async def broken_once(*args):
@@ -496,10 +496,30 @@ def test_a_bug_after_a_local_encode_fails_the_callers_and_the_next_embed_still_w
     engine._complete = broken_once
 
     async def main():
-        first = await asyncio.gather(engine.embed_bytes(png(40)), return_exceptions=True)
-        second = await engine.embed_bytes(png(41))  # the dead loop is replaced
+        # B waits in the queue behind A: when A's batch fails, the loop must go on to B (no new call restarts it)
+        outcomes = await asyncio.gather(engine.embed_bytes(png(40)), engine.embed_bytes(png(41)),
+                                        return_exceptions=True)
         await engine.close()
-        return first[0], second
+        return outcomes
 
-    failed, second = asyncio.run(asyncio.wait_for(main(), 60))
-    assert isinstance(failed, UnavailableError) and second.image_id
+    outcomes = asyncio.run(asyncio.wait_for(main(), 60))  # whichever was prepared first went in first
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failed) == 1 and isinstance(failed[0], UnavailableError) and "encoder call failed" in str(failed[0])
+    assert [o.image_id for o in outcomes if not isinstance(o, BaseException)]
+
+
+def test_close_during_an_encode_says_the_server_is_shutting_down(tiny_model):
+    from segany.errors import UnavailableError
+
+    engine, predictor = make_engine(tiny_model)
+    predictor.gate = threading.Event()
+
+    async def main():
+        caller = asyncio.ensure_future(engine.embed_bytes(png(42)))
+        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        await engine.close()
+        predictor.gate.set()
+        return (await asyncio.gather(caller, return_exceptions=True))[0]
+
+    outcome = asyncio.run(asyncio.wait_for(main(), 60))
+    assert isinstance(outcome, UnavailableError) and "shutting down" in str(outcome)

@@ -11,7 +11,15 @@ from typing import Any
 import grpc
 
 from segany import errors
-from segany.client.errors import Unavailable, Unimplemented, error_from_rpc
+from segany.client.errors import (
+    DeadlineExceeded,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+    Unimplemented,
+    error_from_rpc,
+)
 from segany.client.messages import (
     DTYPES,
     EmbeddedImage,
@@ -37,6 +45,16 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT = 120.0
 #: The metadata key Ray Serve's gRPC proxy routes by (see :meth:`_Base._metadata_for`).
 ROUTING_KEY = "multiplexed_model_id"
+
+
+#: Answers that mean "not ready yet" to ``wait_ready``: a server starting, a replica still loading its model (its
+#: GetModelInfo outlasting the poll), a Ray app still deploying (NOT_FOUND from the proxy), a busy proxy.
+NOT_READY_YET = (Unavailable, DeadlineExceeded, NotFound, ResourceExhausted)
+
+
+def _not_ready(target: str, timeout: float, last: ServiceError | None) -> Unavailable:
+    reason = f" (last answer: {last.code.name}: {last.message})" if last is not None else ""
+    return Unavailable(f"{target} did not report SERVING within {timeout:g}s{reason}", grpc.StatusCode.UNAVAILABLE)
 
 
 def _source(request) -> pb.ImageSource | None:
@@ -190,6 +208,7 @@ class Client(_Base):
         """
         deadline = time.monotonic() + timeout
         use_health = True
+        last: ServiceError | None = None
         while True:
             remaining = max(0.1, deadline - time.monotonic())
             try:
@@ -203,11 +222,10 @@ class Client(_Base):
                     raise
                 use_health = False
                 continue
-            except Unavailable:
-                pass
+            except NOT_READY_YET as exc:
+                last = exc
             if time.monotonic() >= deadline:
-                raise Unavailable(f"{self.target} did not report SERVING within {timeout:g}s",
-                                  grpc.StatusCode.UNAVAILABLE)
+                raise _not_ready(self.target, timeout, last)
             time.sleep(0.05)
 
 
@@ -321,6 +339,7 @@ class AsyncClient(_Base):
         served (Ray Serve's proxy); Unavailable when neither comes within ``timeout``."""
         deadline = time.monotonic() + timeout
         use_health = True
+        last: ServiceError | None = None
         while True:
             remaining = max(0.1, deadline - time.monotonic())
             try:
@@ -334,9 +353,8 @@ class AsyncClient(_Base):
                     raise
                 use_health = False
                 continue
-            except Unavailable:
-                pass
+            except NOT_READY_YET as exc:
+                last = exc
             if time.monotonic() >= deadline:
-                raise Unavailable(f"{self.target} did not report SERVING within {timeout:g}s",
-                                  grpc.StatusCode.UNAVAILABLE)
+                raise _not_ready(self.target, timeout, last)
             await asyncio.sleep(0.05)

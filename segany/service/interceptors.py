@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hmac
 import logging
@@ -120,10 +121,13 @@ def end_call(metrics: ServiceMetrics, method: str, code: str, state: tuple, peer
         metrics.stages.observe(seconds, stage=name)
     timing = " ".join(f"{name}={seconds * 1000:.1f}ms" for name, seconds in stages.items())
     level = logging.WARNING if code in ("INTERNAL", "UNKNOWN") else logging.INFO
-    log.log(level, "rid=%s method=%s code=%s total=%.1fms %s peer=%s", REQUEST_ID.get(), method, code,
-            elapsed * 1000, timing, peer)
-    REQUEST_ID.reset(token_id)
-    STAGES.reset(token_st)
+    try:
+        log.log(level, "rid=%s method=%s code=%s total=%.1fms %s peer=%s", REQUEST_ID.get(), method, code,
+                elapsed * 1000, timing, peer)
+    finally:  # a generator finalised in another task cannot reset its tokens: never mask the call's own outcome
+        for var, token in ((REQUEST_ID, token_id), (STAGES, token_st)):
+            with contextlib.suppress(ValueError, RuntimeError):
+                var.reset(token)
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):

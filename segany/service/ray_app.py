@@ -30,6 +30,7 @@ Ray starts the proxy with ``grpc_options``: ``grpc_servicer_functions`` must nam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -74,7 +75,7 @@ class _Context:
 
 def _code_name(grpc_context, error: BaseException | None) -> str:
     """The status name a call ended with, for the metrics and the log line (what the interceptor records)."""
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
         return "CANCELLED"
     code = grpc_context.code()
     if code is None or code == grpc.StatusCode.OK:
@@ -298,11 +299,13 @@ class SeganyReplica:
         registered = False
         error = None
         try:
-            async for reply in servicer.SegmentStream(request_stream, context):
-                if not registered and reply.HasField("response"):
-                    self._register_later(serve.get_multiplexed_model_id())
-                    registered = True
-                yield reply
+            # aclosing: when the caller goes away, the servicer's stream (its reader and worker tasks) ends now
+            async with contextlib.aclosing(servicer.SegmentStream(request_stream, context)) as replies:
+                async for reply in replies:
+                    if not registered and reply.HasField("response"):
+                        self._register_later(serve.get_multiplexed_model_id())
+                        registered = True
+                    yield reply
         except BaseException as exc:
             error = exc
             raise

@@ -176,3 +176,33 @@ def test_async_wait_ready_falls_back_to_model_info_too():
 
     asyncio.run(main())
     assert next(answers, None) is None
+
+
+def test_wait_ready_keeps_waiting_through_not_ready_answers_and_names_the_last_one():
+    """A Ray app still deploying answers NOT_FOUND, a replica still loading its model can outlast a poll
+    (DEADLINE_EXCEEDED): both mean "not yet". At the deadline, the error names the last answer."""
+    answers = iter([FakeRpcError(grpc.StatusCode.NOT_FOUND, "Application 'segany' not found"),
+                    FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "loading"), pb.ModelInfo(ready=True)])
+
+    class Stub:
+        def GetModelInfo(self, request, timeout=None, metadata=()):  # noqa: N802
+            answer = next(answers)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    def unimplemented(*args, **kwargs):
+        raise client.Unimplemented("unknown service grpc.health.v1.Health", grpc.StatusCode.UNIMPLEMENTED)
+
+    with client.Client("127.0.0.1:1", retries=0) as c:
+        c._stub, c.health = Stub(), unimplemented
+        c.wait_ready(timeout=5)
+        assert next(answers, None) is None
+
+        class Loading:
+            def GetModelInfo(self, request, timeout=None, metadata=()):  # noqa: N802
+                raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "this segany replica could not load its model: x")
+
+        c._stub = Loading()
+        with pytest.raises(client.Unavailable, match="could not load its model"):  # the reason survives
+            c.wait_ready(timeout=0.3)

@@ -258,3 +258,29 @@ def test_two_replicas_share_embeddings_through_redis(tiny_model):
                 srv.stop()
         process.terminate()
         process.wait(10)
+
+
+def test_call_bookkeeping_counts_logs_and_never_masks_the_call_outcome():
+    """begin_call / end_call (the interceptor's and the Ray replicas' bookkeeping): counted, and a call finished in
+    another context (an async generator finalised by the loop) does not raise from the token resets."""
+    import contextvars
+
+    from segany.service.interceptors import REQUEST_ID, STAGES, begin_call, end_call
+    from segany.service.metrics import ServiceMetrics
+
+    class Context:
+        def invocation_metadata(self):
+            return (("x-request-id", "rid-7"),)
+
+    metrics = ServiceMetrics(lambda: iter(()))
+    state = begin_call(Context())
+    assert REQUEST_ID.get() == "rid-7" and STAGES.get() == {}
+    STAGES.get()["decode"] = 0.01
+    end_call(metrics, "Segment", "OK", state, "peer")
+    assert REQUEST_ID.get() != "rid-7" and STAGES.get() is None  # reset
+    text = metrics.render()
+    assert 'segany_rpc_requests_total{code="OK",method="Segment"} 1' in text
+    assert 'segany_stage_latency_seconds_count{stage="decode"} 1' in text
+    state = contextvars.Context().run(begin_call, Context())  # tokens made in another context
+    end_call(metrics, "SegmentStream", "CANCELLED", state, "peer")  # no ValueError
+    assert 'segany_rpc_requests_total{code="CANCELLED",method="SegmentStream"} 1' in metrics.render()
