@@ -388,3 +388,50 @@ def test_an_encoder_replica_without_its_gpu_fails_its_batches_and_reports_unheal
         asyncio.run(encoder.encode([np.zeros((8, 8, 3), np.uint8)], [(8, 8)]))
     with pytest.raises(RuntimeError, match="did not load"):
         encoder.check_health()
+
+
+def test_a_stream_whose_caller_leaves_closes_the_servicers_stream_at_once():
+    """Ray closes the replica's generator when the client goes away; the servicer's own stream (its reader and worker
+    tasks) must end then, not whenever the event loop finalises it. Counted as CANCELLED."""
+    import asyncio
+
+    from segany.service.metrics import ServiceMetrics
+    from segany.service.proto import segany_pb2 as pb
+    from segany.service.ray_app import SeganyReplica
+
+    closed = []
+
+    class Servicer:
+        metrics = ServiceMetrics(lambda: iter(()))
+
+        async def SegmentStream(self, requests, context):  # noqa: N802
+            try:
+                while True:
+                    yield pb.SegmentStreamResponse(object_id="a")
+            finally:
+                closed.append(True)
+
+    class RayContext:
+        def code(self):
+            return None
+
+        def details(self):
+            return ""
+
+        def peer(self):
+            return "proxy"
+
+        def invocation_metadata(self):
+            return ()
+
+    replica = SeganyReplica.func_or_class({})
+    replica._servicer = Servicer()
+
+    async def main():
+        stream = replica.SegmentStream(None, RayContext())
+        assert (await stream.__anext__()).object_id == "a"
+        await stream.aclose()  # what Ray does when the caller leaves
+        return list(closed)
+
+    assert asyncio.run(main()) == [True]
+    assert 'segany_rpc_requests_total{code="CANCELLED",method="SegmentStream"} 1' in Servicer.metrics.render()
