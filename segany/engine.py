@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import hashlib
 import logging
 import re
@@ -432,31 +433,27 @@ class Engine:
             for job in batch:
                 job.state = "encoding"
                 job.stages["queue_wait"] = now - job.queued_at
-            if self._remote is not None:
-                task = loop.create_task(self._remote_batch(batch, now))
+            if self._remote is not None:  # sent off: the loop goes on to the next batch while this one is away
+                encode = functools.partial(self._encode_remote, [job.image for job in batch])
+                task = loop.create_task(self._run_batch(batch, now, encode))
                 self._remote_tasks.add(task)
                 task.add_done_callback(self._remote_done)
                 continue
-            self.stats.encoding += len(batch)
-            try:
-                try:
-                    outcomes = await loop.run_in_executor(self._encode_pool, self._encode_sync, batch)
-                finally:
-                    self.stats.encoding -= len(batch)
-                await self._complete(batch, outcomes, now)
-            except Exception:  # noqa: BLE001 - a bug: this batch fails (below), the loop and the queue go on
-                log.exception("encode batch failed")
-            finally:
-                self._fail_unfinished(batch)
+            await self._run_batch(batch, now, functools.partial(
+                loop.run_in_executor, self._encode_pool, self._encode_sync, batch))
 
-    async def _remote_batch(self, batch: list[_EncodeJob], started: float) -> None:
+    async def _run_batch(self, batch: list[_EncodeJob], started: float, encode: Callable[[], Awaitable[list]]) -> None:
+        """Encode ``batch`` with ``encode()`` (one outcome per job) and hand the outcomes out. Whatever goes wrong
+        (a bug), this batch's callers get an error and the loop and the queue go on."""
         self.stats.encoding += len(batch)
         try:
             try:
-                outcomes = await self._encode_remote([job.image for job in batch])
+                outcomes = await encode()
             finally:
                 self.stats.encoding -= len(batch)
             await self._complete(batch, outcomes, started)
+        except Exception:  # noqa: BLE001 - a bug: this batch fails (below), the rest goes on
+            log.exception("encode batch failed")
         finally:
             self._fail_unfinished(batch)
 
@@ -526,14 +523,8 @@ class Engine:
         The encoder takes all the torch threads (an encode is long and its caller waits for it), and counts: a
         decode that starts during it runs on a share.
         """
-        try:
-            with self._threads.use(claim_all=True):
-                return list(self.predictor.encode_batch([job.image for job in batch if job.image is not None]))
-        except Exception as exc:  # noqa: BLE001 - becomes the jobs' outcome, never the loop's end
-            if len(batch) == 1:
-                log.exception("encoder failed on image %s", batch[0].key)
-                return [exc]
-        return [self._encode_sync([job])[0] for job in batch]
+        with self._threads.use(claim_all=True):
+            return encode_isolated(self.predictor, [job.image for job in batch], [job.key for job in batch])
 
     async def _cache_get(self, key: str) -> ImageEmbedding | None:
         if self._inline_cache:
@@ -609,6 +600,19 @@ class Engine:
         return outputs
 
 
+def encode_isolated(predictor: Predictor, images: list[np.ndarray], names: Sequence[str]) -> list:
+    """Embeddings of ``images`` from one encoder call; when that call fails, each image alone, so one bad image
+    fails only itself (its exception takes its place in the list). ``names`` label the images in the log. Shared by
+    the engine's encode thread and the Ray app's encoder replicas."""
+    try:
+        return list(predictor.encode_batch(images))
+    except Exception as exc:  # noqa: BLE001 - becomes the image's outcome, never the caller's end
+        if len(images) == 1:
+            log.exception("encoder failed on image %s", names[0])
+            return [exc]
+    return [encode_isolated(predictor, [image], [name])[0] for image, name in zip(images, names)]
+
+
 def _hash_pixels(rgb: np.ndarray) -> str:
     digest = hashlib.sha256(f"segany-raw-rgb8:{rgb.shape[0]}x{rgb.shape[1]}:".encode())
     digest.update(np.ascontiguousarray(rgb).data)
@@ -620,4 +624,4 @@ def _log_unexpected(task: asyncio.Task) -> None:
         log.error("engine task failed", exc_info=task.exception())
 
 
-__all__ = ["Embedded", "Engine", "EngineSettings", "EngineStats", "LOW_RES_SIZE", "STAGES", "stage"]
+__all__ = ["Embedded", "Engine", "EngineSettings", "EngineStats", "LOW_RES_SIZE", "STAGES", "encode_isolated", "stage"]

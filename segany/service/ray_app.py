@@ -44,6 +44,7 @@ from ray import serve
 from torch import nn
 
 from segany import runtime
+from segany.engine import encode_isolated
 from segany.service import interceptors  # the module, not its ContextVar: Ray pickles this class by value
 from segany.service.proto import segany_pb2 as pb
 from segany.service.settings import Settings
@@ -157,22 +158,14 @@ class SeganyEncoder:
 
     async def encode(self, images: list[np.ndarray], original_sizes: list[tuple[int, int]]) -> list:
         predictor = await self._ready()
-        outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode_sync, predictor, images)
+        names = [f"{i + 1} of {len(images)} in this batch" for i in range(len(images))]
+        outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, encode_isolated, predictor, images,
+                                                                    names)
         self._encoded += sum(not isinstance(o, BaseException) for o in outcomes)
         # on the CPU: the decoding replica may have no GPU (its predictor copies an embedding to its device per call)
         return [o if isinstance(o, BaseException) else
                 dataclasses.replace(o, image_embeddings=o.image_embeddings.cpu(), original_size=tuple(size))
                 for o, size in zip(outcomes, original_sizes)]
-
-    @staticmethod
-    def _encode_sync(predictor, images: list[np.ndarray]) -> list:
-        try:
-            return list(predictor.encode_batch(images))
-        except Exception as exc:  # noqa: BLE001 - one bad image fails only itself, as in the engine
-            if len(images) == 1:
-                log.exception("segany encoder: an image failed")
-                return [exc]
-        return [SeganyEncoder._encode_sync(predictor, [image])[0] for image in images]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}}, max_ongoing_requests=16)
