@@ -54,6 +54,12 @@ _MALLOC_SETTINGS = (
 )
 
 
+def process_environment() -> dict[str, str]:
+    """What :func:`tune_process` sets, as environment variables: for processes that others start (Ray's replicas),
+    where the settings must be in the environment when the process starts (glibc reads its variables then)."""
+    return {"OMP_WAIT_POLICY": "PASSIVE", **{env: str(value) for _, value, _, env, _ in _MALLOC_SETTINGS}}
+
+
 def keep_freed_memory() -> list[str]:
     """Make glibc's malloc reuse freed multi-MiB blocks instead of returning them to the kernel and faulting them in
     again on the next request. Returns the settings applied (empty off glibc, or when the environment chose them all).
@@ -95,4 +101,5 @@ def keep_freed_memory() -> list[str]:
     return applied
 
 
-__all__ = ["ARENA_MAX", "MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "keep_freed_memory", "tune_process"]
+__all__ = ["ARENA_MAX", "MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "keep_freed_memory", "process_environment",
+           "tune_process"]

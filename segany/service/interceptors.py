@@ -31,9 +31,11 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return secrets.token_hex(8)
 
 
-def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+def code_name(context, exc: BaseException | None) -> str:
+    """The status name a call ended with (for the metrics and the log line), from its context and the exception
+    that ended it, if any. Ray's context has no ``time_remaining``: a cancelled call there is CANCELLED."""
     if isinstance(exc, asyncio.CancelledError):
-        remaining = context.time_remaining()
+        remaining = context.time_remaining() if hasattr(context, "time_remaining") else None
         return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     code = context.code()
     if code is None or code == grpc.StatusCode.OK:
@@ -100,7 +102,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return tokens
 
     def _end(self, method, context, error, start, token_id, token_st) -> None:
-        end_call(self.metrics, method, _code_name(context, error), (token_id, token_st, start), context.peer())
+        end_call(self.metrics, method, code_name(context, error), (token_id, token_st, start), context.peer())
 
 
 def begin_call(context) -> tuple:

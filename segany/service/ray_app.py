@@ -75,23 +75,16 @@ class _Context:
 
 
 def _code_name(grpc_context, error: BaseException | None) -> str:
-    """The status name a call ended with, for the metrics and the log line (what the interceptor records)."""
-    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
+    """The status name a call ended with, for the metrics and the log line: the interceptor's, plus a replica's
+    generator closed by Ray when its caller went away."""
+    if isinstance(error, GeneratorExit):
         return "CANCELLED"
-    code = grpc_context.code()
-    if code is None or code == grpc.StatusCode.OK:
-        return "UNKNOWN" if error is not None and not isinstance(error, _Aborted) else "OK"
-    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+    return interceptors.code_name(grpc_context, error)
 
 
 #: ``segany serve``'s process settings (:func:`segany.runtime.tune_process`) as environment for the replica processes:
 #: Ray starts those, so the settings must be in place when each process starts (glibc reads its variables then).
-REPLICA_ENV = {
-    "OMP_WAIT_POLICY": "PASSIVE",
-    "MALLOC_MMAP_THRESHOLD_": str(runtime.MMAP_THRESHOLD_BYTES),
-    "MALLOC_TRIM_THRESHOLD_": str(runtime.TRIM_THRESHOLD_BYTES),
-    "MALLOC_ARENA_MAX": str(runtime.ARENA_MAX),
-}
+REPLICA_ENV = runtime.process_environment()
 
 
 #: Settings that belong to ``segany serve``'s own listener and are not applied behind Ray's proxy: refused by
@@ -121,8 +114,28 @@ def _load_model(settings: Settings):
     return to_device(load_model(settings.checkpoint or settings.model), settings.device)
 
 
+class _BuiltAtFirstCall:
+    """A replica whose model is built on the replica's event loop at its first call (``_build``, which every call
+    awaits) and which reports itself unhealthy once the build has failed, so Ray replaces it."""
+
+    _building: asyncio.Task | None = None
+
+    async def _build(self) -> None:
+        raise NotImplementedError
+
+    async def _built(self) -> None:
+        if self._building is None:  # in a fresh context: the build outlives the request that starts it
+            self._building = contextvars.Context().run(asyncio.get_running_loop().create_task, self._build())
+        await asyncio.shield(self._building)
+
+    def check_health(self) -> None:
+        """Ray's periodic probe: a replica whose model failed to load is unhealthy, and Ray starts a new one."""
+        if self._building is not None and self._building.done() and self._building.exception() is not None:
+            raise RuntimeError(f"the model did not load: {self._building.exception()}")
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}}, max_ongoing_requests=1)
-class SeganyEncoder:
+class SeganyEncoder(_BuiltAtFirstCall):
     """The image encoder alone, for the decoding replicas' engines: RGB images (already resized to the model's input
     side) and their original sizes in, one embedding (or the exception that image raised) per image out. Loads its
     model at the first call. One batch at a time (``max_ongoing_requests=1``), so Ray's router, not a queue inside a
@@ -131,7 +144,6 @@ class SeganyEncoder:
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings = Settings(**(settings or {})).validated()
         self._predictor = None
-        self._loading: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="segany-encode")
         self._encoded = 0
 
@@ -139,25 +151,15 @@ class SeganyEncoder:
         """Images this replica has encoded (for tests and operators, through a deployment handle)."""
         return self._encoded
 
-    async def _ready(self):
-        if self._predictor is None:
-            if self._loading is None:
-                self._loading = asyncio.get_running_loop().create_task(self._load())
-            await asyncio.shield(self._loading)
-        return self._predictor
-
-    async def _load(self) -> None:
+    async def _build(self) -> None:
         from segany.predictor import Predictor
 
         model = await asyncio.get_running_loop().run_in_executor(self._pool, _load_model, self.settings)
         self._predictor = Predictor(model, self.settings.precision)
 
-    def check_health(self) -> None:
-        if self._loading is not None and self._loading.done() and self._loading.exception() is not None:
-            raise RuntimeError(f"the model did not load: {self._loading.exception()}")
-
     async def encode(self, images: list[np.ndarray], original_sizes: list[tuple[int, int]]) -> list:
-        predictor = await self._ready()
+        await self._built()
+        predictor = self._predictor
         names = [f"{i + 1} of {len(images)} in this batch" for i in range(len(images))]
         outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, encode_isolated, predictor, images,
                                                                     names)
@@ -169,7 +171,7 @@ class SeganyEncoder:
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}}, max_ongoing_requests=16)
-class SeganyReplica:
+class SeganyReplica(_BuiltAtFirstCall):
     """One gRPC-facing replica: the segany servicer, built on the replica's event loop at the first call and warmed
     once; with an ``encoder`` (a handle to :class:`SeganyEncoder`) it decodes only."""
 
@@ -179,15 +181,7 @@ class SeganyReplica:
         self._remote_batches = remote_batches
         self._registering: set[asyncio.Task] = set()
         self._servicer = None
-        self._building: asyncio.Task | None = None
         self._failure_logged = False
-
-    async def _ready(self):
-        if self._servicer is None:
-            if self._building is None:  # in a fresh context: the build outlives the request that starts it
-                self._building = contextvars.Context().run(asyncio.get_running_loop().create_task, self._build())
-            await asyncio.shield(self._building)
-        return self._servicer
 
     async def _build(self) -> None:
         from segany.service.server import build_servicer
@@ -224,11 +218,6 @@ class SeganyReplica:
         # with it, while the batch may hold other callers' images.
         return await contextvars.Context().run(self._encoder.encode.remote, sent, sizes)
 
-    def check_health(self) -> None:
-        """Ray's periodic probe: a replica whose model failed to load is unhealthy, and Ray starts a new one."""
-        if self._building is not None and self._building.done() and self._building.exception() is not None:
-            raise RuntimeError(f"the model did not load: {self._building.exception()}")
-
     @serve.multiplexed(max_num_models_per_replica=ROUTED_IMAGES_PER_REPLICA)
     async def _route_here(self, image_id: str) -> bool:
         """Registers ``image_id`` with Ray's router for this replica. Holds nothing and checks nothing: Ray loads
@@ -244,7 +233,9 @@ class SeganyReplica:
 
     async def _servicer_or_unavailable(self, grpc_context):
         try:
-            return await self._ready()
+            if self._servicer is None:
+                await self._built()
+            return self._servicer
         except Exception as exc:  # noqa: BLE001 - every call says why this replica cannot serve
             if not self._failure_logged:  # once, with the traceback; every call still answers with the reason
                 log.exception("segany replica: the model did not load")
