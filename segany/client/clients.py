@@ -52,9 +52,40 @@ ROUTING_KEY = "multiplexed_model_id"
 NOT_READY_YET = (Unavailable, DeadlineExceeded, NotFound, ResourceExhausted)
 
 
-def _not_ready(target: str, timeout: float, last: ServiceError | None) -> Unavailable:
-    reason = f" (last answer: {last.code.name}: {last.message})" if last is not None else ""
-    return Unavailable(f"{target} did not report SERVING within {timeout:g}s{reason}", grpc.StatusCode.UNAVAILABLE)
+class _ReadyWait:
+    """The polling of ``wait_ready``, shared by both clients (they only make the calls and sleep): grpc.health.v1
+    until it answers SERVING, or, where health is not served (UNIMPLEMENTED: Ray Serve's proxy), GetModelInfo until
+    ``ready``; answers in :data:`NOT_READY_YET` mean "not yet" until the deadline."""
+
+    def __init__(self, target: str, timeout: float) -> None:
+        self.target, self.timeout = target, timeout
+        self.deadline = time.monotonic() + timeout
+        self.use_health = True
+        self.last: ServiceError | None = None
+
+    def probe_timeout(self) -> float:
+        remaining = max(0.1, self.deadline - time.monotonic())
+        return min(5.0, remaining) if self.use_health else remaining
+
+    def is_ready(self, answer) -> bool:
+        return answer == "SERVING" if self.use_health else answer.ready
+
+    def failed(self, exc: ServiceError) -> bool:
+        """True to probe again at once (health is not served: GetModelInfo from now on), False to wait and poll;
+        re-raises what ends the wait (any other error, or no GetModelInfo either: not a segany service)."""
+        if isinstance(exc, Unimplemented) and self.use_health:
+            self.use_health = False
+            return True
+        if not isinstance(exc, NOT_READY_YET):
+            raise exc
+        self.last = exc
+        return False
+
+    def check_deadline(self) -> None:
+        if time.monotonic() >= self.deadline:
+            reason = f" (last answer: {self.last.code.name}: {self.last.message})" if self.last is not None else ""
+            raise Unavailable(f"{self.target} did not report SERVING within {self.timeout:g}s{reason}",
+                              grpc.StatusCode.UNAVAILABLE)
 
 
 def _source(request) -> pb.ImageSource | None:
@@ -206,26 +237,16 @@ class Client(_Base):
         Behind a proxy that does not serve grpc.health.v1 (Ray Serve's: ``segany.service.ray_app``), ``GetModelInfo``
         answers instead: its ``ready`` flag, once a replica has loaded and warmed its model.
         """
-        deadline = time.monotonic() + timeout
-        use_health = True
-        last: ServiceError | None = None
+        wait = _ReadyWait(self.target, timeout)
         while True:
-            remaining = max(0.1, deadline - time.monotonic())
+            probe = self.health if wait.use_health else self.model_info
             try:
-                if use_health:
-                    if self.health(timeout=min(5.0, remaining)) == "SERVING":
-                        return
-                elif self.model_info(timeout=remaining).ready:
+                if wait.is_ready(probe(timeout=wait.probe_timeout())):
                     return
-            except Unimplemented:
-                if not use_health:  # neither: not a segany service
-                    raise
-                use_health = False
-                continue
-            except NOT_READY_YET as exc:
-                last = exc
-            if time.monotonic() >= deadline:
-                raise _not_ready(self.target, timeout, last)
+            except ServiceError as exc:
+                if wait.failed(exc):
+                    continue
+            wait.check_deadline()
             time.sleep(0.05)
 
 
@@ -337,24 +358,14 @@ class AsyncClient(_Base):
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """As :meth:`Client.wait_ready`: health until SERVING, or GetModelInfo's ``ready`` where health is not
         served (Ray Serve's proxy); Unavailable when neither comes within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        use_health = True
-        last: ServiceError | None = None
+        wait = _ReadyWait(self.target, timeout)
         while True:
-            remaining = max(0.1, deadline - time.monotonic())
+            probe = self.health if wait.use_health else self.model_info
             try:
-                if use_health:
-                    if await self.health(timeout=min(5.0, remaining)) == "SERVING":
-                        return
-                elif (await self.model_info(timeout=remaining)).ready:
+                if wait.is_ready(await probe(timeout=wait.probe_timeout())):
                     return
-            except Unimplemented:
-                if not use_health:  # neither: not a segany service
-                    raise
-                use_health = False
-                continue
-            except NOT_READY_YET as exc:
-                last = exc
-            if time.monotonic() >= deadline:
-                raise _not_ready(self.target, timeout, last)
+            except ServiceError as exc:
+                if wait.failed(exc):
+                    continue
+            wait.check_deadline()
             await asyncio.sleep(0.05)
