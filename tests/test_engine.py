@@ -53,6 +53,18 @@ def make_engine(model, **settings) -> tuple[Engine, CountingPredictor]:
     return Engine(predictor, MemoryCache(64 << 20), EngineSettings(**settings)), predictor
 
 
+async def hold_encoder(engine: Engine, predictor: CountingPredictor, data: bytes) -> asyncio.Future:
+    """Start embedding ``data`` and return once the encoder is inside it, held at ``predictor.gate``."""
+    started = asyncio.ensure_future(engine.embed_bytes(data))
+    await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+    return started
+
+
+async def until_queued(engine: Engine, depth: int) -> None:
+    while engine.queue_depth() < depth:
+        await asyncio.sleep(0.01)
+
+
 def test_sixteen_concurrent_embeds_of_one_image_encode_once(tiny_model):
     engine, predictor = make_engine(tiny_model)
     data = png(1)
@@ -76,11 +88,9 @@ def test_distinct_images_are_micro_batched(tiny_model):
     images = [png(s) for s in range(6)]
 
     async def main():
-        first = asyncio.ensure_future(engine.embed_bytes(images[0]))
-        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        first = await hold_encoder(engine, predictor, images[0])
         rest = [asyncio.ensure_future(engine.embed_bytes(d)) for d in images[1:]]
-        while engine.queue_depth() < 5:  # all five decoded and queued behind the held first batch
-            await asyncio.sleep(0.01)
+        await until_queued(engine, 5)  # all five decoded and queued behind the held first batch
         predictor.gate.set()
         out = await asyncio.gather(first, *rest)
         await engine.close()
@@ -96,11 +106,9 @@ def test_full_queue_is_resource_exhausted(tiny_model):
     predictor.gate = threading.Event()
 
     async def main():
-        first = asyncio.ensure_future(engine.embed_bytes(png(0)))
-        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        first = await hold_encoder(engine, predictor, png(0))
         queued = [asyncio.ensure_future(engine.embed_bytes(png(s))) for s in (1, 2)]
-        while engine.queue_depth() < 2:
-            await asyncio.sleep(0.01)
+        await until_queued(engine, 2)
         with pytest.raises(ResourceExhaustedError, match=r"encode queue is full \(2 images waiting, at most 2\)"):
             await engine.embed_bytes(png(3))
         # joining an image already queued is not a new job: accepted
@@ -118,11 +126,9 @@ def test_queue_is_bounded_in_bytes_too(tiny_model):
     predictor.gate = threading.Event()
 
     async def main():
-        first = asyncio.ensure_future(engine.embed_bytes(png(0)))
-        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        first = await hold_encoder(engine, predictor, png(0))
         queued = asyncio.ensure_future(engine.embed_bytes(png(1)))  # 9216 bytes: fits the empty queue
-        while engine.queue_depth() < 1:
-            await asyncio.sleep(0.01)
+        await until_queued(engine, 1)
         with pytest.raises(ResourceExhaustedError, match="9216 bytes of decoded images waiting, this one 9216"):
             await engine.embed_bytes(png(2))
         predictor.gate.set()
@@ -138,11 +144,9 @@ def test_cancelled_callers_free_their_queued_work(tiny_model):
     predictor.gate = threading.Event()
 
     async def main():
-        first = asyncio.ensure_future(engine.embed_bytes(png(0)))
-        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        first = await hold_encoder(engine, predictor, png(0))
         doomed = [asyncio.ensure_future(engine.embed_bytes(png(9))) for _ in range(3)]
-        while engine.queue_depth() < 1:
-            await asyncio.sleep(0.01)
+        await until_queued(engine, 1)
         for task in doomed:
             task.cancel()
         await asyncio.gather(*doomed, return_exceptions=True)
@@ -161,11 +165,9 @@ def test_a_cancelled_lookup_does_not_drop_an_embed_it_joined(tiny_model):
     predictor.gate = threading.Event()
 
     async def main():
-        first = asyncio.ensure_future(engine.embed_bytes(png(0)))
-        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        first = await hold_encoder(engine, predictor, png(0))
         wanted = asyncio.ensure_future(engine.embed_bytes(png(7)))  # queued behind the first image
-        while engine.queue_depth() < 1:
-            await asyncio.sleep(0.01)
+        await until_queued(engine, 1)
         (image_id,) = [key for key, job in engine._jobs.items() if job.state == "queued"]
         looker = asyncio.ensure_future(engine.lookup(image_id))  # e.g. a click that arrived early, then gave up
         await asyncio.sleep(0.05)
@@ -188,8 +190,7 @@ def test_decode_does_not_wait_behind_an_encode(tiny_model):
         cached = await engine.embed_bytes(png(0))
         predictor.gate = threading.Event()
         predictor.entered.clear()
-        slow = asyncio.ensure_future(engine.embed_bytes(png(1)))
-        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        slow = await hold_encoder(engine, predictor, png(1))
         out = await asyncio.wait_for(engine.segment(cached.embedding, [prompt]), 20)
         assert not slow.done()  # the encoder is still held while the decode finished
         predictor.gate.set()
@@ -275,12 +276,10 @@ def test_one_bad_image_in_a_batch_fails_only_itself(tiny_model):
         return original(self, images)
 
     async def main():
-        first = asyncio.ensure_future(engine.embed_bytes(png(0)))
-        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        first = await hold_encoder(engine, predictor, png(0))
         good = asyncio.ensure_future(engine.embed_bytes(png(1)))
         bad = asyncio.ensure_future(engine.embed_bytes(png(2, (13, 20))))
-        while engine.queue_depth() < 2:
-            await asyncio.sleep(0.01)
+        await until_queued(engine, 2)
         predictor.gate.set()
         results = await asyncio.gather(first, good, bad, return_exceptions=True)
         await engine.close()
@@ -515,8 +514,7 @@ def test_close_during_an_encode_says_the_server_is_shutting_down(tiny_model):
     predictor.gate = threading.Event()
 
     async def main():
-        caller = asyncio.ensure_future(engine.embed_bytes(png(42)))
-        await asyncio.get_running_loop().run_in_executor(None, predictor.entered.wait, 10)
+        caller = await hold_encoder(engine, predictor, png(42))
         await engine.close()
         predictor.gate.set()
         return (await asyncio.gather(caller, return_exceptions=True))[0]
