@@ -21,22 +21,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 if __package__ in (None, ""):  # `python benchmarks/bench_ray.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_service import ServerProcess, _image, _interleaved, _png  # noqa: E402  (tunes the process)
+from benchmarks.bench_service import ServerProcess, _click, _image, _interleaved, _pct, _png  # noqa: E402  (tunes the process)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,17 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             assert routed.embed(data).id == img.id
             time.sleep(1.0)  # the replica's routing registration reaches Ray's router
 
-            def click(i: int):
-                return [[float((37 * i) % w), float((53 * i) % h)]]
-
             def unrouted(i: int):  # the raw stub: no multiplexed_model_id metadata
-                request = segment_request(img.id, [{"points": click(i), "labels": [1]}], True,
+                request = segment_request(img.id, [{"points": _click(i, h, w), "labels": [1]}], True,
                                           Outputs(best_only=True))
                 return routed._stub.Segment(request, timeout=600)
 
             times = _interleaved({
-                "segany serve": lambda i: direct.segment(img.id, points=click(i), labels=[1], best_only=True),
-                "Ray, routed by image id": lambda i: routed.segment(img.id, points=click(i), labels=[1],
+                "segany serve": lambda i: direct.segment(img.id, points=_click(i, h, w), labels=[1], best_only=True),
+                "Ray, routed by image id": lambda i: routed.segment(img.id, points=_click(i, h, w), labels=[1],
                                                                     best_only=True),
                 "Ray, unrouted": unrouted,
             }, args.clicks)
@@ -99,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| path | p50 ms | p90 ms | p50 vs segany serve |")
         print("| --- | --- | --- | --- |")
         for name, values in times.items():
-            print(f"| {name} | {_pct(values, 50):.1f} | {_pct(values, 90):.1f} | "
+            print(f"| {name} | {_pct(values, 50) * 1000:.1f} | {_pct(values, 90) * 1000:.1f} | "
                   f"{statistics.median(values) / base:.2f}x |")
     finally:
         serve.shutdown()
