@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from segany import errors
+from segany.service.settings import default_decoder_onnx_provider
 
 log = logging.getLogger("segany.service.http")
 
@@ -91,28 +91,8 @@ class DecoderBytes:
     def __call__(self) -> bytes:
         with self._lock:
             if self._bytes is None:
-                self._bytes = _export_decoder_bytes(self._model)
+                self._bytes = default_decoder_onnx_provider(self._model)  # what GetDecoderOnnx serves too
             return self._bytes
-
-
-def _export_decoder_bytes(model) -> bytes:
-    import tempfile
-
-    from torch import nn
-
-    from segany.modeling import Sam
-    from segany.onnx import export_decoder
-
-    decoder_only = Sam(
-        nn.Identity(),
-        copy.deepcopy(model.prompt_encoder).cpu(),  # exported on the CPU, wherever the served model runs
-        copy.deepcopy(model.mask_decoder).cpu(),
-        model.image_size,
-    )
-    with tempfile.TemporaryDirectory(prefix="segany-decoder-") as tmp:
-        path = Path(tmp) / "decoder.onnx"
-        export_decoder(decoder_only, path, multimask=True)
-        return path.read_bytes()
 
 
 def sample_image_png(height: int = 480, width: int = 640) -> bytes:
