@@ -91,7 +91,7 @@ def test_the_service_pod_runs_valid_segany_serve_settings():
 def test_services_select_their_pods_and_the_redis_url_names_the_redis_service():
     for name in ("segany", "segany-redis"):
         service, deployment = _one("Service", name), _one("Deployment", name)
-        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        labels = labels_of(name)
         assert service["spec"]["selector"].items() <= labels.items()
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
         named_ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
