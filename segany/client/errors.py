@@ -84,12 +84,19 @@ def error_from_rpc(exc: grpc.RpcError) -> ServiceError:
     """The typed error for a failed call (sync or aio)."""
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
     message = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    request_id = None
-    try:
-        for key, value in exc.initial_metadata() or ():  # type: ignore[attr-defined]
-            if key == "x-request-id":
-                request_id = value
-    except Exception:  # noqa: BLE001 - metadata is best effort (absent when the call never reached the server)
-        pass
+    request_id = _request_id(exc, "initial_metadata") or _request_id(exc, "trailing_metadata")
     cls = ERROR_BY_CODE.get(code, Internal)
     return cls(message or code.name, code, request_id)
+
+
+def _request_id(exc: grpc.RpcError, which: str) -> str | None:
+    """The ``x-request-id`` of ``exc``'s initial metadata (``segany serve``) or trailing metadata (behind Ray Serve's
+    proxy, which passes only a replica's trailing metadata on). Best effort: absent when the call never reached a
+    server."""
+    try:
+        for key, value in getattr(exc, which)() or ():
+            if key == "x-request-id":
+                return value
+    except Exception:  # noqa: BLE001
+        pass
+    return None

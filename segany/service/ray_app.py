@@ -74,6 +74,12 @@ class _Context:
         return self._ray.invocation_metadata()
 
 
+def _echo_request_id(grpc_context) -> None:
+    """Return the call's request id to the caller, as `segany serve` does. Ray's proxy passes on a replica's trailing
+    metadata (with its own ``request_id``), not its initial metadata, so the id travels there."""
+    grpc_context.set_trailing_metadata([(interceptors.REQUEST_ID_KEY, interceptors.REQUEST_ID.get())])
+
+
 def _code_name(grpc_context, error: BaseException | None) -> str:
     """The status name a call ended with, for the metrics and the log line: the interceptor's, plus a replica's
     generator closed by Ray when its caller went away."""
@@ -250,6 +256,7 @@ class SeganyReplica(_BuiltAtFirstCall):
             return empty
         context = _Context(grpc_context)
         state = interceptors.begin_call(context)  # a request id (in INTERNAL messages and logs), stage timings
+        _echo_request_id(grpc_context)
         error = None
         try:
             return await getattr(servicer, name)(request, context)
@@ -280,6 +287,7 @@ class SeganyReplica(_BuiltAtFirstCall):
             raise _Aborted(grpc_context.details())
         context = _Context(grpc_context)
         state = interceptors.begin_call(context)
+        _echo_request_id(grpc_context)
         registered = False
         error = None
         try:

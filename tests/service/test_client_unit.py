@@ -24,8 +24,8 @@ def test_public_api_is_pinned():
 
 
 class FakeRpcError(grpc.RpcError):
-    def __init__(self, code, details, request_id=None):
-        self._code, self._details, self._rid = code, details, request_id
+    def __init__(self, code, details, request_id=None, trailing=False):
+        self._code, self._details, self._rid, self._trailing = code, details, request_id, trailing
 
     def code(self):
         return self._code
@@ -34,7 +34,10 @@ class FakeRpcError(grpc.RpcError):
         return self._details
 
     def initial_metadata(self):
-        return (("x-request-id", self._rid),) if self._rid else ()
+        return (("x-request-id", self._rid),) if self._rid and not self._trailing else ()
+
+    def trailing_metadata(self):
+        return (("request_id", "ray-1"), ("x-request-id", self._rid)) if self._rid and self._trailing else ()
 
 
 @pytest.mark.parametrize("code, cls, base", [
@@ -53,6 +56,14 @@ def test_status_codes_map_to_typed_errors(code, cls, base):
     exc = client.error_from_rpc(FakeRpcError(code, "what was wrong", "rid-1"))
     assert type(exc) is cls and isinstance(exc, base) and isinstance(exc, client.ServiceError)
     assert exc.code == code and exc.message == "what was wrong" and exc.request_id == "rid-1"
+
+
+def test_the_request_id_comes_from_initial_or_trailing_metadata():
+    """`segany serve` sends it in the initial metadata; Ray Serve's proxy passes only the trailing metadata on."""
+    for trailing in (False, True):
+        exc = client.error_from_rpc(FakeRpcError(grpc.StatusCode.NOT_FOUND, "no", "rid-2", trailing=trailing))
+        assert exc.request_id == "rid-2"
+    assert client.error_from_rpc(FakeRpcError(grpc.StatusCode.NOT_FOUND, "no")).request_id is None
 
 
 def test_image_sources():

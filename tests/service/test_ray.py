@@ -119,8 +119,11 @@ def test_replicas_answer_like_the_predictor_and_share_embeddings(ray_address, re
             assert _iou_ok(res.masks, ref.masks)
             np.testing.assert_allclose(res.scores, ref.scores, atol=1e-2)
         # errors keep their status codes and messages through Ray's proxy
-        with pytest.raises(NotFound, match="call Embed"):
+        with pytest.raises(NotFound, match="call Embed") as info:
             client.segment("0" * 64, points=[[10, 10]], labels=[1])
+        assert info.value.request_id  # the replica's request id comes back (in the trailing metadata, via Ray)
+        _, call = client._stub.Segment.with_call(request, timeout=60, metadata=(("x-request-id", "ray-rid-1"),))
+        assert ("x-request-id", "ray-rid-1") in tuple(call.trailing_metadata())
         with pytest.raises(InvalidArgument, match="NaN"):
             client.segment(img.id, points=[[float("nan"), 10]], labels=[1])
         assert client.embed(data).cached
