@@ -16,6 +16,7 @@ Layout, little-endian, readable from JavaScript without a library::
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -78,6 +79,14 @@ def encode_container(
     return MAGIC + struct.pack("<I", len(head)) + head + data
 
 
+def _sizes(value, name: str, length: int | None) -> tuple[int, ...]:
+    """A header's list of sizes as ints: whole numbers >= 0 (``length`` of them when given), else ValueError."""
+    sizes = tuple(int(v) for v in value)
+    if any(v < 0 or v != f for v, f in zip(sizes, value)) or (length is not None and len(sizes) != length):
+        raise ValueError(f"{name} must be {length or 'a list of'} whole numbers >= 0, got {value!r:.80}")
+    return sizes
+
+
 def decode_container(blob: bytes | memoryview, default_preprocess: str = "") -> EmbeddingArray:
     """Parse a container; raises :class:`InvalidInputError` on any truncation or corruption."""
     blob = memoryview(blob)
@@ -88,17 +97,18 @@ def decode_container(blob: bytes | memoryview, default_preprocess: str = "") -> 
         raise InvalidInputError("embedding container is truncated (header)")
     try:
         header = json.loads(bytes(blob[12 : 12 + head_len]))
-        shape = tuple(int(s) for s in header["shape"])
+        shape = _sizes(header["shape"], "shape", None)
         dtype = header["dtype"]
         np_dtype = DTYPES[dtype]
         data_len = int(header["data_len"])
-        original_size = tuple(int(v) for v in header["original_size"])
-        input_size = tuple(int(v) for v in header["input_size"])
+        original_size = _sizes(header["original_size"], "original_size", 2)
+        input_size = _sizes(header["input_size"], "input_size", 2)
         fingerprint = str(header["model_fingerprint"])
-    except (ValueError, KeyError, TypeError) as exc:
+    # OverflowError: int(1e999); RecursionError: a header nested deeper than the JSON parser goes
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise InvalidInputError(f"embedding container header is corrupt: {exc}") from None
     data = blob[12 + head_len :]
-    expected = int(np.prod(shape)) * np.dtype(np_dtype).itemsize
+    expected = math.prod(shape) * np.dtype(np_dtype).itemsize  # Python ints: no wrap-around
     if len(data) != data_len or data_len != expected:
         raise InvalidInputError(
             f"embedding container is truncated or padded: {len(data)} data bytes, expected {expected}"
