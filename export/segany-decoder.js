@@ -110,7 +110,14 @@ export function parseEmbedding(buffer, options = {}) {
   }
   const { shape, dtype } = header;
   const itemSize = { float32: 4, float16: 2 }[dtype];
-  if (!itemSize || !Array.isArray(shape)) throw new Error(`embedding container has dtype ${dtype}; float32 or float16 expected`);
+  if (!itemSize) throw new Error(`embedding container has dtype ${dtype}; float32 or float16 expected`);
+  for (const [name, sizes, length] of [["shape", shape, null], ["original_size", header.original_size, 2],
+    ["input_size", header.input_size, 2]]) {
+    const whole = Array.isArray(sizes) && sizes.every((d) => Number.isSafeInteger(d) && d >= 0);
+    if (!whole || (length !== null && sizes.length !== length)) {
+      throw new Error(`embedding container header is corrupt: ${name} must be whole numbers >= 0, got ${JSON.stringify(sizes)}`);
+    }
+  }
   const count = shape.reduce((a, b) => a * b, 1);
   const data = bytes.subarray(12 + headLen);
   if (data.length !== header.data_len || data.length !== count * itemSize) {
@@ -204,11 +211,11 @@ export function buildFeeds(embedding, prompt = {}, imageSize = DEFAULT_IMAGE_SIZ
     box.forEach((v, i) => finite(v, `box[${i}]`));
     coords.push(toInputFrame([box[0], box[1]], size, imageSize), toInputFrame([box[2], box[3]], size, imageSize));
     labs.push(2, 3);
-  } else {
-    // the graph does not add SAM's padding point: a prompt without a box carries (0, 0) with label -1
+  } else if (points.length > 0) {
+    // the graph does not add SAM's padding point: points without a box carry (0, 0) with label -1
     coords.push([0, 0]);
     labs.push(-1);
-  }
+  } // a mask-only prompt has no point at all (N = 0), as the torch predictor sees it
   if (points.length === 0 && box === null && !prompt.maskInput) {
     throw new Error("empty prompt: give at least one point, a box or a mask input");
   }

@@ -66,8 +66,7 @@ class _DecoderBase(nn.Module):
     def _upscale(self, low_res: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
         """Logits (B, M, 256, 256) -> (B, M, H, W): the predictor's post-processing, with a data-dependent crop."""
         s = self.image_size
-        scale = s / torch.max(orig_im_size)
-        input_size = torch.floor(orig_im_size * scale + 0.5).to(torch.int64)
+        input_size = graph_input_size(orig_im_size, s)
         if self.fast:
             # keep the low-res rows/cols the x4 upsample reads for the first input_size outputs (see module doc)
             factor = s // low_res.shape[-1]
@@ -81,6 +80,16 @@ class _DecoderBase(nn.Module):
         x = x[..., : input_size[0], : input_size[1]]
         size = orig_im_size.to(torch.int64)
         return F.interpolate(x, size=(size[0], size[1]), mode="bilinear", align_corners=False)
+
+
+def graph_input_size(orig_im_size: torch.Tensor, image_size: int) -> torch.Tensor:
+    """(H, W) float tensor -> the resized size (h, w), int64, in graph ops: :func:`segany.transforms.input_size_for`.
+
+    In float64: in float32 some sizes (e.g. 6730x7101) give a side of k + 0.49999 that the + 0.5 rounds up, and the
+    crop would take a row too many.
+    """
+    orig = orig_im_size.to(torch.float64)
+    return torch.floor(orig * (image_size / torch.max(orig)) + 0.5).to(torch.int64)
 
 
 class PublicDecoder(_DecoderBase):
@@ -310,9 +319,12 @@ def public_feeds(
     if box is not None:
         coords.append(boxes_to_input(np.asarray(box, np.float64), original_size, image_size).reshape(2, 2))
         labs.append(np.array([2.0, 3.0]))
-    else:
+    elif coords:  # points without a box carry SAM's padding point; a mask-only prompt has no point at all (N = 0)
         coords.append(np.zeros((1, 2)))
         labs.append(np.array([-1.0]))
+    else:
+        coords.append(np.zeros((0, 2)))
+        labs.append(np.zeros(0))
     has_mask = mask_input is not None
     return {
         "image_embeddings": np.asarray(embedding, np.float32).reshape(1, 256, 64, 64),

@@ -59,6 +59,7 @@ def _prompts(h, w, low):
         "box": dict(box=box),
         "box_click": dict(points=pts[:1], labels=[1], box=box),
         "mask": dict(points=pts[:1], labels=[1], mask_input=low),
+        "mask_only": dict(mask_input=low),  # no point at all (N = 0), not even the padding point
     }
 
 
@@ -90,6 +91,18 @@ def test_public_interface_matches_torch(predictor, embeddings, exported, size):
         else:
             ref0 = predictor.predict(emb, multimask=False, return_logits=True, **kw)
             _same_masks(masks1[0, 0], ref0.masks[0])
+
+
+def test_the_graph_crops_to_the_predictors_input_size():
+    """Sizes where float32 arithmetic rounds a side differently from input_size_for (found by a search to 8000)."""
+    import torch
+
+    from segany.onnx import graph_input_size
+    from segany.transforms import input_size_for
+
+    for size in [(6730, 7101), (7083, 7199), (5263, 7839), (480, 640), (7101, 6730), (1, 8000), (1024, 1024)]:
+        got = graph_input_size(torch.tensor(size, dtype=torch.float32), 1024)
+        assert tuple(got.tolist()) == input_size_for(size, 1024), size
 
 
 def test_batched_decoder_matches_predict_batch(predictor, embeddings, exported):
@@ -161,6 +174,29 @@ def test_export_cli(tmp_path, capsys):
     assert iou >= 0.9  # random weights; the shipped model's figure is in the benchmarks
     assert main(["export", "decoder", "--checkpoint", str(ckpt), "-o", str(tmp_path / "b.onnx"), "--batched"]) == 0
     assert main(["export", "decoder", "--checkpoint", str(tmp_path / "missing.pth"), "-o", str(out)]) == 2
+
+
+@pytest.mark.parametrize("output, extra, message", [
+    ("folder", [], "is a folder"),
+    ("a_file/dec.onnx", [], "cannot create the folder"),
+    ("/proc/dec.onnx", [], "cannot write"),  # refused by the kernel even for root
+    ("/proc/dec.onnx", ["--quantize"], "cannot write"),
+    ("dec.onnx", ["--low-res-only"], "add --batched"),
+])
+def test_export_cli_refuses_outputs_it_cannot_write_in_one_line(tmp_path, capsys, output, extra, message):
+    import torch
+
+    from segany.cli.main import main
+
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(segany.build_model("test-tiny", seed=0).state_dict(), ckpt)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    target = output if output.startswith("/") else str(tmp_path / output)
+    code = main(["export", "decoder", "--checkpoint", str(ckpt), "-o", target, "--no-verify", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and err.count("\n") == 0 and "Traceback" not in err
+    assert main(["export", "encoder", "--checkpoint", str(ckpt), "-o", str(tmp_path / "e.onnx"), "--batched"]) == 2
 
 
 @pytest.mark.parametrize("batched", [False, True])

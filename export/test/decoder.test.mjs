@@ -51,6 +51,20 @@ const f32 = (name) => {
   return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 };
 
+/** `good` (a container) with its JSON header changed by `change`: the data, its length and CRC untouched. */
+function withHeader(good, change) {
+  const headLen = new DataView(good.buffer, good.byteOffset, good.byteLength).getUint32(8, true);
+  const header = JSON.parse(new TextDecoder().decode(good.subarray(12, 12 + headLen)));
+  const head = new TextEncoder().encode(JSON.stringify({ ...header, ...change }));
+  const data = good.subarray(12 + headLen);
+  const out = new Uint8Array(12 + head.length + data.length);
+  out.set(good.subarray(0, 8));
+  new DataView(out.buffer).setUint32(8, head.length, true);
+  out.set(head, 12);
+  out.set(data, 12 + head.length);
+  return out;
+}
+
 function promptOf(entry, key) {
   const p = entry.prompts[key];
   return {
@@ -116,6 +130,12 @@ describe("embedding container", () => {
     assert.throws(() => parseEmbedding(flipped), /CRC32/);
     assert.throws(() => parseEmbedding(good.subarray(0, good.length - 2)), /truncated/);
     assert.throws(() => parseEmbedding(new TextEncoder().encode("PNG not an embedding")), /bad magic/);
+    // a header that lies about the sizes (the data length and CRC still match)
+    for (const change of [{ shape: [-1, -256, 64, 64] }, { shape: [1, 256, 64, 64.5] }, { original_size: [-480, 0] },
+      { input_size: [480, 640, 3] }, { shape: "1,256,64,64" }]) {
+      assert.throws(() => parseEmbedding(withHeader(good, change)), /header is corrupt/, JSON.stringify(change));
+    }
+    assert.equal(parseEmbedding(withHeader(good, {})).data.length, 256 * 64 * 64);
     // an unaligned view (a container inside a bigger buffer) still parses
     const shifted = new Uint8Array(good.length + 1);
     shifted.set(good, 1);

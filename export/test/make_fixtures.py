@@ -40,6 +40,7 @@ def _prompts(h: int, w: int) -> dict[str, dict]:
         "box": dict(box=box),
         "box_click": dict(points=[[w * 0.3, h * 0.4]], labels=[1], box=box),
         "mask": dict(points=[[w * 0.3, h * 0.4]], labels=[1], mask_input=True),
+        "mask_only": dict(mask_input=True),
     }
 
 
@@ -72,9 +73,9 @@ def main(out: Path) -> None:
                 kw["mask_input"] = mask_input
             multi = predictor.predict(emb, multimask=True, **kw)
             (out / f"{name}.{key}.multi.u8").write_bytes(multi.masks.astype(np.uint8).tobytes())
-            # the single-mask export: best of tokens 1..3 when <= 2 points (a box counts two, no box adds the
-            # padding point), else token 0
-            n_points = len(kw.get("points", [])) + (2 if "box" in kw else 1)
+            # the single-mask export: best of tokens 1..3 when <= 2 points (a box counts two, points without a box
+            # add the padding point, a mask-only prompt has none), else token 0
+            n_points = len(kw.get("points", [])) + (2 if "box" in kw else 1 if kw.get("points") else 0)
             token0 = predictor.predict(emb, multimask=False, **kw)
             single = multi.masks[multi.best] if n_points <= 2 else token0.masks[0]
             (out / f"{name}.{key}.single.u8").write_bytes(single.astype(np.uint8).tobytes())

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+
+from segany.errors import InvalidInputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,18 +28,47 @@ def run(args: argparse.Namespace) -> int:
     from segany.models import load_model
     from segany.onnx import export_decoder, export_encoder, verify_decoder
 
+    _check_options(args)
+    output = _writable_output(Path(args.output))  # before loading and tracing the model (a minute for vit_h)
     model = load_model(args.checkpoint or args.model)
-    if args.part == "encoder":
-        report = export_encoder(model, args.output, quantize=args.quantize)
-        print(f"wrote {report.path} ({report.bytes / 2**20:.1f} MiB)")
-        return 0
-    report = export_decoder(
-        model, args.output, multimask=args.multimask, batched=args.batched,
-        upsample=not args.low_res_only, quantize=args.quantize,
-    )
+    try:
+        if args.part == "encoder":
+            report = export_encoder(model, output, quantize=args.quantize)
+            print(f"wrote {report.path} ({report.bytes / 2**20:.1f} MiB)")
+            return 0
+        report = export_decoder(
+            model, output, multimask=args.multimask, batched=args.batched,
+            upsample=not args.low_res_only, quantize=args.quantize,
+        )
+    except OSError as exc:  # the disk filled up, or the folder went away meanwhile
+        raise InvalidInputError(f"cannot write {output}: {exc.strerror or exc}") from None
     line = f"wrote {report.path} ({report.bytes / 2**20:.1f} MiB)"
     if not args.no_verify and not args.batched:
         check = verify_decoder(model, report.path, multimask=args.multimask)
         line += f"; vs torch: max |logit diff| {check.max_abs_diff:.2e}, mask IoU {check.mask_iou:.4f}"
     print(line)
     return 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Options that do not apply to what is exported are refused, not ignored."""
+    decoder_only = [flag for flag, on in (("--multimask", args.multimask), ("--batched", args.batched),
+                                           ("--low-res-only", args.low_res_only)) if on]
+    if args.part == "encoder" and decoder_only:
+        raise InvalidInputError(f"{', '.join(decoder_only)} only apply to `segany export decoder`")
+    if args.low_res_only and not args.batched:
+        raise InvalidInputError("--low-res-only applies to the batched decoder: add --batched (the public-interface "
+                                "decoder always returns masks at the original size)")
+
+
+def _writable_output(path: Path) -> Path:
+    """``path`` if an ONNX file can be written there (its folder is made), else InvalidInputError naming why."""
+    if path.is_dir():
+        raise InvalidInputError(f"--output {path} is a folder; give the .onnx file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot create the folder of --output {path}: {exc.strerror or exc}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InvalidInputError(f"cannot write --output {path}: permission denied")
+    return path
