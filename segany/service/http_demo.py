@@ -194,6 +194,16 @@ def _prepare(provider: Callable[[], bytes]) -> None:
         log.exception("decoder export for the demo failed")
 
 
+def _flag(request: dict, name: str, default: bool) -> bool:
+    """A true/false field of a JSON request (absent or null: ``default``); anything else is a 400, not a guess."""
+    value = request.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _HttpError(HTTPStatus.BAD_REQUEST, f"{name} must be true or false, got {json.dumps(value)[:40]}")
+    return value
+
+
 class _HttpError(Exception):
     def __init__(self, status: HTTPStatus, message: str) -> None:
         super().__init__(message)
@@ -371,7 +381,7 @@ class _DemoHandler(BaseHTTPRequestHandler):
 
         try:
             request = json.loads(self._body(MAX_JSON_BYTES))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise _HttpError(HTTPStatus.BAD_REQUEST, f"POST /segment wants a JSON object: {exc}") from None
         if not isinstance(request, dict) or not isinstance(request.get("id"), str):
             raise _HttpError(HTTPStatus.BAD_REQUEST, 'POST /segment wants {"id": <image id>, "points": ..., ...}')
@@ -379,6 +389,8 @@ class _DemoHandler(BaseHTTPRequestHandler):
         mask_input = request.get("mask_input")
         if mask_input is not None:  # base64 of 256*256 little-endian float32 logits
             try:
+                if not isinstance(mask_input, str):
+                    raise ValueError("not a string")
                 mask_input = np.frombuffer(base64.b64decode(mask_input), "<f4").reshape(256, 256)
             except ValueError:
                 raise _HttpError(
@@ -392,8 +404,8 @@ class _DemoHandler(BaseHTTPRequestHandler):
             mask_input,
             self.engine.settings.max_points,
         )
-        spec = OutputSpec(rle=True, png=bool(request.get("png", False)), bbox=True)
-        (out,) = self._call(self.engine.segment(embedding, [prompt], bool(request.get("multimask", True)), spec))
+        spec = OutputSpec(rle=True, png=_flag(request, "png", False), bbox=True)
+        (out,) = self._call(self.engine.segment(embedding, [prompt], _flag(request, "multimask", True), spec))
         self._json(
             {
                 "scores": [float(s) for s in out.scores],

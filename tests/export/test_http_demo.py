@@ -115,6 +115,13 @@ def test_errors_are_json_with_http_codes(demo):
     assert status == 400
     status, _, body = fetch(demo.url + "/segment", b"{not json", "application/json")
     assert status == 400
+    status, _, body = fetch(demo.url + "/segment", b"[" * 100_000, "application/json")  # deeper than json recurses
+    assert status == 400 and "JSON" in json.loads(body)["error"]
+    click = {"id": image_id, "points": [[1, 2]], "labels": [1]}
+    status, out = post_json(demo.url + "/segment", {**click, "mask_input": 5})
+    assert status == 400 and "mask_input" in out["error"]
+    status, out = post_json(demo.url + "/segment", {**click, "multimask": "no"})  # not read as true
+    assert status == 400 and "multimask must be true or false" in out["error"]
     # the server keeps serving after all that
     assert fetch(demo.url + "/healthz")[0] == 200
 
