@@ -573,6 +573,9 @@ class Engine:
         """Decode validated prompts on one embedding; one :class:`PromptOutput` per prompt, in order."""
         spec = (spec or OutputSpec()).check()
         self.check_prompt_count(len(prompts))
+        if keep_masks and not self._masks.can_hold_one():
+            raise InvalidInputError("this server keeps no masks for mask ids (its mask store budget is 0): ask for "
+                                    "low_res_logits and send them back as mask logits instead")
         if self._closed:
             raise UnavailableError("the engine is shut down")
         self.stats.decode_calls += 1

@@ -166,6 +166,10 @@ def _fill_full_size(candidates: list[CandidateOutput], masks: np.ndarray, spec: 
             cand.mask = masks[i]
 
 
+#: One mask as the store keeps it: 256x256 float16 low-res logits.
+LOW_RES_BYTES = 256 * 256 * 2
+
+
 class MaskStore:
     """Low-res logits kept for ``mask_id`` references: LRU bounded in bytes, thread-safe.
 
@@ -178,6 +182,10 @@ class MaskStore:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
         self._bytes = 0
+
+    def can_hold_one(self) -> bool:
+        """Whether the budget holds one mask at all (a budget of 0 disables mask ids)."""
+        return self.max_bytes >= LOW_RES_BYTES
 
     def put(self, fingerprint: str, logits: np.ndarray) -> str | None:
         stored = np.ascontiguousarray(logits, dtype=np.float16)  # a mask prompt tolerates fp16 rounding

@@ -151,7 +151,11 @@ def make_prompt(points=None, labels=None, box=None, mask_input=None) -> pb.Promp
     """Prompt message from numpy-like values in original pixels (validated by the server)."""
     prompt = pb.Prompt()
     if points is not None and len(points) > 0:
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        pts = np.asarray(points, dtype=np.float64)
+        if pts.shape == (2,):  # one [x, y]
+            pts = pts[None]
+        if pts.ndim != 2 or pts.shape[1] != 2:  # not reshaped: [[x0, y0, x1, y1]] is no pair of clicks
+            raise errors.InvalidPromptError(f"points must be [x, y] or [[x, y], ...], got shape {pts.shape}")
         labs = np.asarray(labels if labels is not None else [], dtype=np.float64).reshape(-1)
         if len(labs) != len(pts):
             raise errors.InvalidPromptError(f"got {len(pts)} points but {len(labs)} labels; they must pair up")

@@ -11,8 +11,10 @@ import secrets
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from segany.engine import STAGES
+from segany.errors import InvalidInputError
 from segany.service.metrics import ServiceMetrics
 
 log = logging.getLogger("segany.service")
@@ -33,7 +35,11 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 def code_name(context, exc: BaseException | None) -> str:
     """The status name a call ended with (for the metrics and the log line), from its context and the exception
-    that ended it, if any. Ray's context has no ``time_remaining``: a cancelled call there is CANCELLED."""
+    that ended it, if any. Ray's context has no ``time_remaining``: a cancelled call there is CANCELLED. A stream
+    closed while it waited to send (GeneratorExit: gRPC or Ray closed the generator because the caller left) is a
+    cancelled call too, not an error of ours."""
+    if isinstance(exc, GeneratorExit):
+        return "CANCELLED"
     if isinstance(exc, asyncio.CancelledError):
         remaining = context.time_remaining() if hasattr(context, "time_remaining") else None
         return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
@@ -55,13 +61,17 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(OBSERVED_PREFIX):
             return handler
         method = details.method.rsplit("/", 1)[-1]
+        parse = handler.request_deserializer
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
-            async def unary_unary(request, context):
+            async def unary_unary(raw, context):
                 token_id, token_st, start = await self._begin(context)
                 error = None
                 try:
+                    request = _parse(parse, raw, method)
+                    if request is None:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _unparsable(method))
                     return await inner(request, context)
                 except BaseException as exc:
                     error = exc
@@ -71,17 +81,24 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=None,  # parsed above: a malformed message is INVALID_ARGUMENT, not UNKNOWN
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             inner_stream = handler.stream_stream
 
-            async def stream_stream(request_iterator, context):
+            async def parsed(raw_iterator):
+                async for raw in raw_iterator:
+                    request = _parse(parse, raw, method)
+                    if request is None:  # the servicer ends the stream with it (INVALID_ARGUMENT)
+                        raise InvalidInputError(_unparsable(method))
+                    yield request
+
+            async def stream_stream(raw_iterator, context):
                 token_id, token_st, start = await self._begin(context)
                 error = None
                 try:
-                    async for response in inner_stream(request_iterator, context):
+                    async for response in inner_stream(parsed(raw_iterator), context):
                         yield response
                 except BaseException as exc:
                     error = exc
@@ -91,7 +108,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -103,6 +120,21 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
     def _end(self, method, context, error, start, token_id, token_st) -> None:
         end_call(self.metrics, method, code_name(context, error), (token_id, token_st, start), context.peer())
+
+
+def _parse(deserializer, raw: bytes, method: str):
+    """The request message, or None when ``raw`` is not one (truncated, corrupt, a string that is not UTF-8)."""
+    if deserializer is None:
+        return raw
+    try:
+        return deserializer(raw)
+    except DecodeError:
+        return None
+
+
+def _unparsable(method: str) -> str:
+    return (f"the {method} request is not a valid segany.v1 message (truncated or corrupt bytes, or a string field "
+            "that is not UTF-8)")
 
 
 def begin_call(context) -> tuple:

@@ -80,14 +80,6 @@ def _echo_request_id(grpc_context) -> None:
     grpc_context.set_trailing_metadata([(interceptors.REQUEST_ID_KEY, interceptors.REQUEST_ID.get())])
 
 
-def _code_name(grpc_context, error: BaseException | None) -> str:
-    """The status name a call ended with, for the metrics and the log line: the interceptor's, plus a replica's
-    generator closed by Ray when its caller went away."""
-    if isinstance(error, GeneratorExit):
-        return "CANCELLED"
-    return interceptors.code_name(grpc_context, error)
-
-
 #: ``segany serve``'s process settings (:func:`segany.runtime.tune_process`) as environment for the replica processes:
 #: Ray starts those, so the settings must be in place when each process starts (glibc reads its variables then).
 REPLICA_ENV = runtime.process_environment()
@@ -266,7 +258,8 @@ class SeganyReplica(_BuiltAtFirstCall):
             error = exc
             raise
         finally:  # the RPC metrics and the log line of `segany serve`'s interceptor
-            interceptors.end_call(servicer.metrics, name, _code_name(grpc_context, error), state, grpc_context.peer())
+            code = interceptors.code_name(grpc_context, error)
+            interceptors.end_call(servicer.metrics, name, code, state, grpc_context.peer())
 
     async def Embed(self, request: pb.EmbedRequest, grpc_context) -> pb.EmbedResponse:  # noqa: N802 - RPC names
         response = await self._call("Embed", request, grpc_context, pb.EmbedResponse())
@@ -302,7 +295,7 @@ class SeganyReplica(_BuiltAtFirstCall):
             error = exc
             raise
         finally:
-            interceptors.end_call(servicer.metrics, "SegmentStream", _code_name(grpc_context, error), state,
+            interceptors.end_call(servicer.metrics, "SegmentStream", interceptors.code_name(grpc_context, error), state,
                                   grpc_context.peer())
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, grpc_context) -> pb.ModelInfo:  # noqa: N802

@@ -54,8 +54,9 @@ class Service:
                 await self.engine.warm_up()
             else:
                 self.engine.ready = True
-        except Exception:
+        except Exception as exc:
             log.exception("warm-up failed; the server stays NOT_SERVING")
+            self.servicer.warm_up_error = f"{type(exc).__name__}: {exc}"
             raise
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -259,8 +260,14 @@ async def serve(settings: Settings, out=sys.stdout) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down: finishing in-flight calls (grace %.1fs)", settings.grace_seconds)
+    stopping, warm = loop.create_task(stop.wait()), service._warm_task
+    await asyncio.wait({stopping, warm}, return_when=asyncio.FIRST_COMPLETED)
+    failed = not stopping.done() and warm.exception() is not None  # warm is done (only stop() cancels it)
+    if failed:
+        stopping.cancel()
+    else:
+        await stopping
+        log.info("shutting down: finishing in-flight calls (grace %.1fs)", settings.grace_seconds)
     for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal stops at once, whatever is still running
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, _exit_now)
@@ -269,5 +276,7 @@ async def serve(settings: Settings, out=sys.stdout) -> int:
     await service.stop()
     if demo is not None and not await loop.run_in_executor(None, demo.finish_export, max(settings.grace_seconds, 30)):
         log.warning("the demo's decoder export is still running; exiting anyway")
+    if failed:  # a replica that will never be ready exits (exit code 3; an orchestrator restarts it), not idles
+        raise UnavailableError(f"the model failed to warm up: {service.servicer.warm_up_error}")
     print("segany stopped", file=out, flush=True)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -24,6 +25,11 @@ from segany.service.proto import segany_pb2_grpc as pb_grpc
 from segany.service.settings import Settings
 
 log = logging.getLogger("segany.service")
+
+#: An image size no prompt coordinate can exceed: prompts are checked with it before an image is encoded.
+_ANY_SIZE = (2**31, 2**31)
+#: Put on a stream's reply queue when the server shuts down with the stream open.
+_SHUTTING_DOWN = object()
 
 _DTYPES = {pb.EMBEDDING_DTYPE_UNSPECIFIED: "float32", pb.EMBEDDING_DTYPE_FLOAT32: "float32",
            pb.EMBEDDING_DTYPE_FLOAT16: "float16"}
@@ -66,19 +72,41 @@ def unary(needs_ready: bool = True):
     return decorate
 
 
+#: Replies a stream holds for a client that does not read them; then its decodes and its reading of requests wait.
+STREAM_REPLY_BUFFER = 4
+#: Objects of one stream decoded at once; a request for another object waits (unread) until one finishes.
+STREAM_OBJECTS_IN_FLIGHT = 16
+
+
 class SeganyServicer(pb_grpc.SeganyServicer):
     def __init__(self, engine: Engine, settings: Settings, metrics: ServiceMetrics, model) -> None:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
         self.model = model
-        self.accepting = True
-        self._onnx: pb.DecoderOnnx | None = None
-        self._onnx_lock = asyncio.Lock()
+        #: Why warm-up failed (set by the server), for the message of every call that waits on readiness.
+        self.warm_up_error: str | None = None
+        self._closing = asyncio.Event()
+        self._onnx_task: asyncio.Task | None = None
+
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown began: new calls are refused and open streams are ended (UNAVAILABLE)."""
+        return not self._closing.is_set()
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        if value:
+            self._closing.clear()
+        else:
+            self._closing.set()
 
     def check_ready(self) -> None:
         if not self.accepting:
             raise UnavailableError("the server is shutting down; retry on another replica")
+        if self.warm_up_error is not None:
+            raise UnavailableError(f"this server's model failed to warm up and it will not become ready "
+                                   f"({self.warm_up_error}); see the server log, or use another replica")
         if not self.engine.ready:
             raise UnavailableError("the model is still loading and warming up; retry in a moment "
                                    "(grpc.health.v1 reports SERVING once ready)")
@@ -107,6 +135,9 @@ class SeganyServicer(pb_grpc.SeganyServicer):
     async def _segment(self, request: pb.SegmentRequest) -> pb.SegmentResponse:
         self.engine.check_prompt_count(len(request.prompts))
         spec, keep = convert.output_spec(request)
+        if request.image.WhichOneof("source") != "image_id":  # an image to encode: check the prompts first
+            convert.prompts_from_proto(request.prompts, _ANY_SIZE, self.settings.max_points_per_prompt,
+                                       self.engine.mask_logits)
         embedded = await self._resolve(request.image)
         prompts = convert.prompts_from_proto(
             request.prompts, embedded.original_size, self.settings.max_points_per_prompt, self.engine.mask_logits
@@ -122,6 +153,9 @@ class SeganyServicer(pb_grpc.SeganyServicer):
     # --------------------------------------------------------------------------------------------- RPCs
     @unary()
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
+        dtype = _DTYPES.get(request.embedding_dtype)
+        if request.return_embedding and dtype is None:  # refused before any encode
+            raise InvalidInputError(f"embedding_dtype {request.embedding_dtype} is unknown; use FLOAT32 or FLOAT16")
         embedded = await self._resolve(request.image)
         height, width = embedded.original_size
         response = pb.EmbedResponse(
@@ -129,10 +163,6 @@ class SeganyServicer(pb_grpc.SeganyServicer):
             model_fingerprint=self.engine.fingerprint,
         )
         if request.return_embedding:
-            dtype = _DTYPES.get(request.embedding_dtype)
-            if dtype is None:
-                raise InvalidInputError(f"embedding_dtype {request.embedding_dtype} is unknown; use FLOAT32 or "
-                                        "FLOAT16")
             with stage("serialize"):
                 response.embedding = embedded.embedding.to_bytes(dtype)
         self._check_response_size(response)
@@ -147,9 +177,12 @@ class SeganyServicer(pb_grpc.SeganyServicer):
             self.check_ready()
         except SeganyError as exc:
             await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
-        out: asyncio.Queue = asyncio.Queue()
+        # Bounded on purpose: a client that sends and does not read holds STREAM_REPLY_BUFFER replies here, then
+        # the decodes wait on the queue, then reading waits on them, and gRPC's flow control holds the client.
+        out: asyncio.Queue = asyncio.Queue(maxsize=STREAM_REPLY_BUFFER)
         pending: dict[str, pb.SegmentStreamRequest] = {}
         running: dict[str, asyncio.Task] = {}
+        loop = asyncio.get_running_loop()
 
         async def work(object_id: str) -> None:
             while object_id in pending:
@@ -157,31 +190,52 @@ class SeganyServicer(pb_grpc.SeganyServicer):
                 await out.put(await self._stream_one(req))
             del running[object_id]
 
+        async def read_requests() -> None:
+            async for req in request_iterator:
+                older = pending.get(req.object_id)
+                if older is not None:
+                    self.metrics.superseded.inc()
+                    await out.put(pb.SegmentStreamResponse(
+                        object_id=older.object_id, sequence=older.sequence, superseded=True))
+                pending[req.object_id] = req
+                if req.object_id not in running:
+                    while len(running) >= STREAM_OBJECTS_IN_FLIGHT:
+                        await asyncio.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
+                    running[req.object_id] = loop.create_task(work(req.object_id))
+
         async def read() -> None:
+            reading = loop.create_task(read_requests())
             try:
-                async for req in request_iterator:
-                    older = pending.get(req.object_id)
-                    if older is not None:
-                        self.metrics.superseded.inc()
-                        await out.put(pb.SegmentStreamResponse(
-                            object_id=older.object_id, sequence=older.sequence, superseded=True))
-                    pending[req.object_id] = req
-                    if req.object_id not in running:
-                        running[req.object_id] = asyncio.get_running_loop().create_task(work(req.object_id))
+                closing = loop.create_task(self._closing.wait())
+                try:
+                    await asyncio.wait({reading, closing}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    closing.cancel()
+                shutting_down = not reading.done()
+                if shutting_down:  # stop reading; what was read is answered, then the stream ends UNAVAILABLE
+                    reading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reading
+                else:
+                    reading.result()  # a broken request stream ends the call with its error
                 while running:
                     await asyncio.gather(*list(running.values()))
-                await out.put(None)
+                await out.put(_SHUTTING_DOWN if shutting_down else None)
             except asyncio.CancelledError:
+                reading.cancel()
                 raise
             except Exception as exc:  # noqa: BLE001 - handed to the writer side, which ends the stream with it
                 await out.put(exc)
 
-        reader = asyncio.get_running_loop().create_task(read())
+        reader = loop.create_task(read())
         try:
             while True:
                 item = await out.get()
                 if item is None:
                     break
+                if item is _SHUTTING_DOWN:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: the requests "
+                                        "it had read are answered above; reopen the stream on another replica")
                 if isinstance(item, BaseException):
                     if isinstance(item, SeganyError):
                         await context.abort(grpc.StatusCode[item.grpc_code], str(item))
@@ -216,9 +270,7 @@ class SeganyServicer(pb_grpc.SeganyServicer):
             preprocess=PREPROCESS_VERSION,
             mask_threshold=MASK_THRESHOLD,
             low_res_size=LOW_RES_SIZE,
-            decoder_onnx_available=self._onnx is not None or (
-                s.decoder_onnx_provider is not None and importlib.util.find_spec("segany.onnx") is not None
-            ),
+            decoder_onnx_available=self._decoder_onnx_available(),
             ready=self.engine.ready and self.accepting,
         )
         info.limits.max_receive_message_bytes = s.max_receive_message_bytes
@@ -236,20 +288,34 @@ class SeganyServicer(pb_grpc.SeganyServicer):
         provider = self.settings.decoder_onnx_provider
         if provider is None:
             raise _Refusal(grpc.StatusCode.UNIMPLEMENTED, "this server is configured without an ONNX decoder export")
-        async with self._onnx_lock:
-            if self._onnx is None:
-                loop = asyncio.get_running_loop()
-                try:
-                    data = await loop.run_in_executor(None, provider, self.model)
-                except NotImplementedError as exc:
-                    raise _Refusal(grpc.StatusCode.UNIMPLEMENTED, str(exc)) from None
-                if data is None:
-                    raise _Refusal(grpc.StatusCode.FAILED_PRECONDITION,
-                                   f"no ONNX decoder is available for model {self.engine.fingerprint}")
-                self._onnx = pb.DecoderOnnx(model=data, model_fingerprint=self.engine.fingerprint,
-                                            sha256=hashlib.sha256(data).hexdigest())
-        self._check_response_size(self._onnx)
-        return self._onnx
+        if self._onnx_task is None:
+            self._onnx_task = asyncio.get_running_loop().create_task(self._export_decoder(provider))
+        # shielded: a caller that gives up (deadline, cancel) leaves the one export running for the next caller
+        answer = await asyncio.shield(self._onnx_task)
+        self._check_response_size(answer)
+        return answer
+
+    async def _export_decoder(self, provider) -> pb.DecoderOnnx:
+        """Run the provider once. Its answer is kept, a refusal too (None: FAILED_PRECONDITION; NotImplementedError:
+        UNIMPLEMENTED); an unexpected failure is not, so a later call tries again."""
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(None, provider, self.model)
+        except NotImplementedError as exc:
+            raise _Refusal(grpc.StatusCode.UNIMPLEMENTED, str(exc)) from None
+        except BaseException:
+            self._onnx_task = None
+            raise
+        if data is None:
+            raise _Refusal(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"no ONNX decoder is available for model {self.engine.fingerprint}")
+        return pb.DecoderOnnx(model=data, model_fingerprint=self.engine.fingerprint,
+                              sha256=hashlib.sha256(data).hexdigest())
+
+    def _decoder_onnx_available(self) -> bool:
+        task = self._onnx_task
+        if task is not None and task.done() and not task.cancelled():
+            return task.exception() is None
+        return self.settings.decoder_onnx_provider is not None and importlib.util.find_spec("segany.onnx") is not None
 
     @unary(needs_ready=False)
     async def GetMetrics(self, request, context) -> pb.Metrics:

@@ -215,6 +215,10 @@ def test_client_side_checks_raise_typed_errors_before_sending():
 
     with pytest.raises(InvalidPromptError, match="2 points but 1 labels"):
         make_prompt([[1, 1], [2, 2]], [1])
+    for points in ([[10, 20, 30, 40]], np.zeros((2, 3)), [[[1, 2]]]):  # never reshaped into other clicks
+        with pytest.raises(InvalidPromptError, match=r"points must be \[x, y\]"):
+            make_prompt(points, [1, 0])
+    assert len(make_prompt([10, 20], [1]).points) == 1  # one bare [x, y] is one click
     with pytest.raises(InvalidInputError, match="image id from embed"):
         from segany.client import image_source
 

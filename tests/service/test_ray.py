@@ -427,6 +427,9 @@ def test_a_stream_whose_caller_leaves_closes_the_servicers_stream_at_once():
         def invocation_metadata(self):
             return ()
 
+        def set_trailing_metadata(self, metadata):
+            self.trailing = metadata
+
     replica = SeganyReplica.func_or_class({})
     replica._servicer = Servicer()
 
