@@ -165,13 +165,22 @@ def polygons_with_holes(mask: np.ndarray) -> list[dict]:
 
 
 def yolo_line(class_index: int, mask: np.ndarray) -> str:
-    """One YOLO-seg line for a mask: the largest region's outer boundary, normalised; '' for an empty mask."""
-    polygons = [p for p in mask_to_polygons(mask) if len(p.exterior) >= 3]
-    if not polygons:
-        return ""
-    largest = max(polygons, key=lambda p: cv2.contourArea(p.exterior))
+    """One YOLO-seg line for a mask: the largest region's outer boundary, normalised; '' for an empty mask.
+
+    A region too thin for an outline of three corners with an area (a pixel, a one-pixel line) gets the outline of
+    its pixels' box instead, so every object with a pixel keeps its line.
+    """
     h, w = mask.shape
-    xy = largest.exterior.astype(np.float64) / np.array([w, h])
+    polygons = [p for p in mask_to_polygons(mask) if len(p.exterior) >= 3 and cv2.contourArea(p.exterior) > 0]
+    if polygons:
+        xy = max(polygons, key=lambda p: cv2.contourArea(p.exterior)).exterior.astype(np.float64)
+    else:
+        ys, xs = np.nonzero(mask)
+        if not len(xs):
+            return ""
+        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1  # pixel edges: an area even for one pixel
+        xy = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+    xy = xy / np.array([w, h])
     return f"{class_index} " + " ".join(f"{v:.6f}" for v in xy.ravel())
 
 

@@ -22,13 +22,17 @@ from segany.errors import InvalidInputError
 
 STATE_DIR = ".segany"
 JOURNAL_VERSION = 1
+#: Temp files of :func:`atomic_write` start with this; a new run removes those a killed run left (and no others).
+TEMP_PREFIX = ".segany-tmp-"
+#: Where segany writes under ``--out`` (besides the top level): the only folders searched for stale temp files.
+OUTPUT_DIRS = (STATE_DIR, "labels", "masks", "overlays")
 
 
 def atomic_write(path: Path, data: bytes | str, durable: bool = False) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
@@ -56,6 +60,8 @@ class Journal:
 
     def open(self) -> None:
         """Create the state folder, or check the stored settings of an earlier run against ours."""
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise InvalidInputError(f"--out {self.out_dir} is a file; give a folder (it is created if missing)")
         run_file = self.state / "run.json"
         if run_file.is_file():
             try:
@@ -72,8 +78,12 @@ class Journal:
             payload = {"version": JOURNAL_VERSION, "settings": self.settings}
             atomic_write(run_file, json.dumps(payload, indent=1, sort_keys=True), self.durable)
         self.records_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.out_dir.rglob(".*.tmp"):  # temp files of a killed run (see atomic_write)
-            stale.unlink(missing_ok=True)
+        pattern = f"{TEMP_PREFIX}*.tmp"  # temp files of a killed run (see atomic_write), only ours
+        stale = [*self.out_dir.glob(pattern)]
+        for folder in OUTPUT_DIRS:
+            stale += (self.out_dir / folder).rglob(pattern)
+        for path in stale:
+            path.unlink(missing_ok=True)
 
     def record_path(self, name: str) -> Path:
         return self.records_dir / (hashlib.sha256(name.encode("utf-8")).hexdigest()[:24] + ".json")

@@ -79,12 +79,30 @@ class RunSummary:
         }
 
 
+def file_stamp(path) -> list[int]:
+    """[size, mtime in ns] of an image file: what tells a resumed run that a name now holds another image."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _same_file(record: dict, item: ImageItem) -> bool:
+    """Whether ``record`` was made from the file ``item`` names as it is now (records from before the stamp was
+    kept are trusted)."""
+    if record.get("source") is None:
+        return True
+    try:
+        return record["source"] == file_stamp(item.path)
+    except OSError:
+        return False  # gone or unreadable: the load reports it
+
+
 @dataclass
 class _Loaded:
     item: ImageItem
     image: np.ndarray | None = None
     error: str | None = None
     handle: object = None
+    stamp: list[int] | None = None
 
 
 class Annotator:
@@ -130,7 +148,7 @@ class Annotator:
         todo = []
         for item in self.items:
             record = self.journal.load(item.name)
-            if record is None:
+            if record is None or not _same_file(record, item):  # another image under this name: label it anew
                 todo.append(item)
             else:
                 records[item.name] = record
@@ -162,8 +180,9 @@ class Annotator:
     def _load(self, item: ImageItem) -> _Loaded:
         t0 = time.perf_counter()
         try:
+            stamp = file_stamp(item.path)  # before reading: a file replaced meanwhile is relabelled next time
             image = decode_image(item.path.read_bytes())
-            return _Loaded(item, image)
+            return _Loaded(item, image, stamp=stamp)
         except OSError as exc:
             return _Loaded(item, error=f"cannot read file: {exc.strerror or exc}")
         except SeganyError as exc:
@@ -235,10 +254,9 @@ class Annotator:
             return None
         prompts = None
         if self.source is not None:
-            prompts = self.source.prompts_for(name)
-            if prompts is None:
+            prompts = self.source.prompts_for(name) or []
+            if not prompts:  # not mentioned, or mentioned with no prompts
                 self.summary.without_prompts += 1
-                prompts = []
         t0 = time.perf_counter()
         try:
             objects = self.backend.label(loaded.handle, prompts) if prompts != [] else []
@@ -249,6 +267,7 @@ class Annotator:
             self._timed("decode", time.perf_counter() - t0)
         t0 = time.perf_counter()
         record = make_record(name, loaded.image.shape[:2], objects)
+        record["source"] = loaded.stamp
         self.exporter.write_image_outputs(record, loaded.image)
         self.journal.save(record)
         self._timed("write", time.perf_counter() - t0)

@@ -17,18 +17,23 @@ All coordinates end up in original pixels of the upright image (x right, y down)
   (a trailing confidence is ignored); class names from ``classes.txt`` or ``data.yaml``-style ``names:`` in that
   folder, else ``class_<k>``.
 
-Images are matched by name (relative path), then by file name, then by file name without suffix.
+Images are matched by name (relative path), then by file name, then by file name without suffix, where the
+entry's folders do not contradict the image's (``x.png`` or ``data/s1/x.png`` may be ``s1/x.png``; ``s2/x.png``
+may not); an entry that several images would take that way is refused as ambiguous.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from segany.errors import InvalidInputError
+
+log = logging.getLogger("segany.annotate")
 
 DEFAULT_CLASS = "object"
 
@@ -87,14 +92,41 @@ class PromptSource:
 
     def prompts_for(self, name: str) -> list[ObjectPrompt] | None:
         """Prompts of the image called ``name``, or None when the source does not mention it."""
+        key = self.key_for(name)
+        return None if key is None else self.by_name[key]
+
+    def key_for(self, name: str) -> str | None:
+        """The source's name for the image ``name``: the same name, else the one entry with its file name (or stem)
+        whose folders do not contradict the image's (``x.png`` or ``data/s1/x.png`` match ``s1/x.png``;
+        ``s2/x.png`` does not)."""
         if name in self.by_name:
-            return self.by_name[name]
+            return name
         p = PurePosixPath(name)
-        for table, key in ((self._by_file, p.name), (self._by_stem, p.stem)):
-            hits = table.get(key, [])
+        for table, key, whole in ((self._by_file, p.name, name), (self._by_stem, p.stem, _without_suffix(name))):
+            hits = [k for k in table.get(key, []) if _same_place(k if table is self._by_file else _without_suffix(k),
+                                                                 whole)]
             if len(hits) == 1:
-                return self.by_name[hits[0]]
+                return hits[0]
         return None
+
+    def shared_keys(self, names: list[str]) -> dict[str, list[str]]:
+        """Entries that more than one of the images ``names`` would take by file name or stem (ambiguous)."""
+        takers: dict[str, list[str]] = {}
+        for name in names:
+            key = self.key_for(name)
+            if key is not None and key != name:
+                takers.setdefault(key, []).append(name)
+        return {key: found for key, found in takers.items() if len(found) > 1}
+
+
+def _without_suffix(name: str) -> str:
+    return PurePosixPath(name).with_suffix("").as_posix()
+
+
+def _same_place(key: str, name: str) -> bool:
+    """Whether a prompt entry called ``key`` may be the image ``name``: a bare file name, or one path ending with the
+    other at a folder boundary."""
+    return "/" not in key or key == name or key.endswith("/" + name) or name.endswith("/" + key)
 
 
 def everything_categories() -> list[Category]:
@@ -108,13 +140,27 @@ def load_prompts(path: str | Path) -> PromptSource:
         return _load_yolo(path)
     if not path.is_file():
         raise InvalidInputError(f"prompt source {str(path)!r} does not exist")
-    if path.suffix.lower() == ".jsonl":
-        return _load_jsonl(path)
-    if path.suffix.lower() == ".json":
-        return _load_coco(path)
-    raise InvalidInputError(
-        f"prompt source {str(path)!r}: expected a .jsonl file, a COCO .json file or a folder of YOLO .txt files"
-    )
+    loader = {".jsonl": _load_jsonl, ".json": _load_coco}.get(path.suffix.lower())
+    if loader is None:
+        raise InvalidInputError(
+            f"prompt source {str(path)!r}: expected a .jsonl file, a COCO .json file or a folder of YOLO .txt files"
+        )
+    return _checked(loader, path)
+
+
+def _checked(loader, path: Path) -> PromptSource:
+    """``loader(path)``, with any failure to read the file's structure as one InvalidInputError line."""
+    try:
+        return loader(path)
+    except InvalidInputError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path.name}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path.name}: JSON nested too deeply") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise InvalidInputError(f"{path.name}: not a prompt file of the expected layout ({type(exc).__name__}: "
+                                f"{exc}); see docs/annotate.md") from None
 
 
 # ------------------------------------------------------------------------------------------------------ JSONL
@@ -136,8 +182,13 @@ def _load_jsonl(path: Path) -> PromptSource:
             if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
                 raise InvalidInputError(f'{where}: each line must be an object with "image": "<name>"')
             objects = entry.get("prompts", entry.get("objects"))
+            inline = [k for k in _OBJECT_KEYS if k in entry]
             if objects is None:
                 objects = [entry] if any(k in entry for k in ("box", "points")) else []
+            elif inline:
+                raise InvalidInputError(f'{where}: {", ".join(inline)} beside "prompts" would be ignored: put each '
+                                        'object\'s box/points inside "prompts"')
+            _warn_unknown(entry, _ENTRY_KEYS | _OBJECT_KEYS, where)
             if not isinstance(objects, list):
                 raise InvalidInputError(f'{where}: "prompts" must be a list of objects')
             prompts = by_name.setdefault(_normalize(entry["image"]), [])
@@ -147,9 +198,21 @@ def _load_jsonl(path: Path) -> PromptSource:
     return PromptSource(categories, by_name, f"JSONL {path.name}")
 
 
+#: Keys of a JSONL line, and of one object in it (see docs/annotate.md); others are warned about (e.g. "bbox").
+_ENTRY_KEYS = frozenset({"image", "prompts", "objects"})
+_OBJECT_KEYS = frozenset({"box", "points", "labels", "class", "category", "multimask"})
+
+
+def _warn_unknown(obj: dict, known: frozenset, where: str) -> None:
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        log.warning("%s: ignoring %s (known: %s)", where, ", ".join(map(repr, unknown)), ", ".join(sorted(known)))
+
+
 def _jsonl_object(obj, names: dict[str, int], where: str) -> ObjectPrompt:
     if not isinstance(obj, dict):
         raise InvalidInputError(f"{where}: a prompt must be an object with box and/or points")
+    _warn_unknown(obj, _OBJECT_KEYS, where)
     box = obj.get("box")
     points = obj.get("points")
     if box is None and not points:
@@ -179,7 +242,11 @@ def _load_coco(path: Path) -> PromptSource:
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{path.name}: not valid JSON ({exc.msg})") from None
     if isinstance(data, dict) and "annotations" in data:
-        images = {img["id"]: _normalize(img["file_name"]) for img in data.get("images", [])}
+        images = {}
+        for number, img in enumerate(data.get("images") or []):
+            if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+                raise InvalidInputError(f"{path.name} image {number}: needs an id and a file_name")
+            images[img["id"]] = _normalize(img["file_name"])
         anns = data["annotations"]
         cats = data.get("categories") or []
     elif isinstance(data, list):
@@ -241,11 +308,9 @@ def _load_yolo(folder: Path) -> PromptSource:
 class YoloSource(PromptSource):
     """YOLO label files are named after the image without its suffix."""
 
-    def prompts_for(self, name: str) -> list[ObjectPrompt] | None:
-        stem = PurePosixPath(name).with_suffix("").as_posix()
-        if stem in self.by_name:
-            return self.by_name[stem]
-        return super().prompts_for(PurePosixPath(name).stem)
+    def key_for(self, name: str) -> str | None:
+        stem = _without_suffix(name)
+        return stem if stem in self.by_name else super().key_for(name)
 
 
 def _yolo_names(folder: Path) -> list[str]:

@@ -7,8 +7,11 @@ unavailable, 130 interrupted (finished images are kept; re-run to continue).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from segany.errors import InvalidInputError
@@ -113,11 +116,20 @@ def run_annotate(args: argparse.Namespace) -> int:
         raise InvalidInputError("--server uses the server's device; drop --device")
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise InvalidInputError("--workers and --threads must be >= 1")
+    if not args.checkpoint_every >= 0:  # 0: after every image
+        raise InvalidInputError(f"--checkpoint-every must be a number of seconds >= 0, got {args.checkpoint_every}")
     formats = _formats(args.format)
     out_dir = Path(args.out).expanduser()
     items = discover_images(args.images, exclude=out_dir)
+    if "yolo" in formats or "png" in formats or args.overlay:
+        _refuse_shared_output_names([i.name for i in items])
     everything = EverythingSettings(**amg_given) if args.everything else None
     source = load_prompts(args.prompts) if args.prompts else None
+    if source is not None and (shared := source.shared_keys([i.name for i in items])):
+        key, names = next(iter(shared.items()))
+        listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise InvalidInputError(f"the prompt entry {key!r} would be taken by {len(names)} images ({listed}): name "
+                                "the images by their paths in the prompts")
     categories = source.categories if source else everything_categories()
 
     if args.threads is not None:
@@ -151,7 +163,7 @@ def run_annotate(args: argparse.Namespace) -> int:
         **({"device": device_kind} if device_kind != "cpu" else {}),
         "prompts": prompts,
         "everything": amg,
-        "formats": list(formats),
+        "formats": sorted(formats),  # the order they were listed in changes nothing
         "png_mode": args.png_mode,
         "polygons": args.polygons,
         "overlay": args.overlay,
@@ -164,7 +176,8 @@ def run_annotate(args: argparse.Namespace) -> int:
         items, backend, exporter, journal, source, workers=args.workers,
         checkpoint_seconds=args.checkpoint_every, progress=progress,
     )
-    summary = annotator.run()
+    with _sigterm_interrupts():  # `timeout`, `docker stop`, a batch scheduler: finish like Ctrl-C (exit 130)
+        summary = annotator.run()
     for line in summary.lines():
         print(f"segany annotate: {line}" if not line.startswith("  ") else line, file=sys.stderr)
     written = [str(out_dir / "annotations.json")] if "coco" in formats else []
@@ -172,3 +185,35 @@ def run_annotate(args: argparse.Namespace) -> int:
                                                      ("overlays", args.overlay)) if on]
     print(f"segany annotate: outputs: {', '.join(written)}", file=sys.stderr)
     return summary.exit_code
+
+
+def _refuse_shared_output_names(names: list[str]) -> None:
+    """Per-image outputs are named after the image without its suffix: ``a.png`` and ``a.jpg`` would overwrite each
+    other's label and mask files."""
+    from segany.annotate.exporters import output_stem
+
+    seen: dict[str, str] = {}
+    for name in names:
+        stem = output_stem(name)
+        if stem in seen:
+            raise InvalidInputError(f"{seen[stem]} and {name} would write the same per-image outputs ({stem}.*): "
+                                    "rename one, or label them in separate runs")
+        seen[stem] = name
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt in the main thread while the run lasts, so it ends as Ctrl-C does: the COCO
+    file rebuilt from the finished records, the summary written, exit code 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -111,6 +111,10 @@ class EverythingSettings:
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise InvalidInputError(f"{name} must be a finite number, got {value}")
+        if not 0 <= self.crop_overlap_ratio < 1:  # a fraction of the short side; 1 or more makes empty crops
+            raise InvalidInputError(f"crop_overlap_ratio must be in [0, 1), got {self.crop_overlap_ratio}")
+        if not (math.isfinite(self.stability_score_offset) and self.stability_score_offset >= 0):
+            raise InvalidInputError(f"stability_score_offset must be >= 0, got {self.stability_score_offset}")
 
     def grids(self) -> list[np.ndarray]:
         """Point grid of every crop layer, (N_i, 2) float64 (x, y) in [0, 1]."""

@@ -119,8 +119,14 @@ def test_journal_resume_rules(tmp_path):
     assert journal.load("a.png") == {"name": "a.png", "objects": []}
     journal.record_path("b.png").write_text('{"name": "b.p')  # torn file (cannot happen with atomic writes)
     assert journal.load("b.png") is None
-    (journal.records_dir / ".x.json.123.tmp").write_text("partial")
+    (journal.records_dir / ".segany-tmp-x.json.123.tmp").write_text("partial")  # a killed run's
+    (tmp_path / "labels" / "sub").mkdir(parents=True)
+    (tmp_path / "labels" / "sub" / ".segany-tmp-a.txt.9.tmp").write_text("partial")
+    (tmp_path / ".draft.tmp").write_text("the user's")  # not ours: kept
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / ".segany-tmp-z.tmp").write_text("not in an output folder: kept")
     Journal(tmp_path, {"model": "m", "formats": ["coco"]}).open()
-    assert not list(journal.records_dir.glob("*.tmp"))
+    assert not list(journal.records_dir.glob("*.tmp")) and not list((tmp_path / "labels").rglob("*.tmp"))
+    assert (tmp_path / ".draft.tmp").exists() and (tmp_path / "cache" / ".segany-tmp-z.tmp").exists()
     with pytest.raises(InvalidInputError, match="other settings"):
         Journal(tmp_path, {"model": "other", "formats": ["coco"]}).open()
