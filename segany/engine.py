@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from segany.cache import EmbeddingCache, MemoryCache, cache_key, sha256_bytes
+from segany.cache import EmbeddingCache, MemoryCache, TieredCache, cache_key, sha256_bytes
 from segany.embedding import PREPROCESS_VERSION, ImageEmbedding
 from segany.errors import (
     InvalidInputError,
@@ -201,6 +201,8 @@ class Engine:
         # Concurrent encodes and decodes split the CPU threads; with the model on an accelerator they are left alone.
         self._threads = ThreadShare(self.settings.torch_threads, enabled=predictor.device.type == "cpu")
         self._prepare_pool = ThreadPoolExecutor(self.settings.prepare_workers, thread_name_prefix="segany-prepare")
+        # Disk and Redis tier calls: their own threads, so a slow tier does not hold image hashing and decoding
+        self._tier_pool = ThreadPoolExecutor(4, thread_name_prefix="segany-cache")
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def _ensure_worker(self) -> None:
@@ -248,13 +250,14 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._remote_tasks, return_exceptions=True)
         for job in list(self._jobs.values()):
+            job.state = "dropped"  # a job still being prepared (cache read, image decode) must not queue afterwards
             if not job.future.done():
                 job.future.set_exception(UnavailableError("the server is shutting down; retry on another replica"))
                 job.future.exception()  # mark retrieved: nobody may be waiting any more
         self._jobs.clear()
         self._queue.clear()
         self._queued_bytes = 0
-        for pool in (self._encode_pool, self._decode_pool, self._prepare_pool):
+        for pool in (self._encode_pool, self._decode_pool, self._prepare_pool, self._tier_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
     def queue_depth(self) -> int:
@@ -475,7 +478,7 @@ class Engine:
         self.stats.encode_batches += 1
         self.stats.encode_images += len(batch)
         self.stats.encode_seconds += elapsed
-        for job, outcome in zip(batch, outcomes):
+        async def stored(job: _EncodeJob, outcome):
             job.stages["encode"] = elapsed
             if not isinstance(outcome, BaseException):
                 try:
@@ -484,6 +487,9 @@ class Engine:
                     log.exception("cache put failed for %s", job.key)
                 outcome = (outcome, False)
             self._finish(job, outcome)
+
+        # the images' writes at once: one slow tier write does not hold the batch's other images
+        await asyncio.gather(*(stored(job, outcome) for job, outcome in zip(batch, outcomes)))
 
     async def _encode_remote(self, images: list[np.ndarray]) -> list:
         """The remote encoder's outcomes for ``images``; its failure as a whole fails each image with UNAVAILABLE."""
@@ -509,7 +515,11 @@ class Engine:
                     f"the image encoder runs model {outcome.model_fingerprint}, this decoder {self.fingerprint}: "
                     "deploy both from the same weights"
                 )
-            elif not isinstance(outcome, (ImageEmbedding, BaseException)):
+            elif isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                # e.g. a CancelledError of the remote side's own call: not this caller's cancellation
+                outcomes[i] = UnavailableError(f"the image encoder's call for this image ended with "
+                                               f"{type(outcome).__name__}; retry")
+            elif not isinstance(outcome, (ImageEmbedding, Exception)):
                 outcomes[i] = UnavailableError(f"the image encoder returned a {type(outcome).__name__}")
         return outcomes
 
@@ -527,15 +537,28 @@ class Engine:
             return encode_isolated(self.predictor, [job.image for job in batch], [job.key for job in batch])
 
     async def _cache_get(self, key: str) -> ImageEmbedding | None:
+        """The memory tier answers on the event loop; only its misses wait on the slower tiers, on their own
+        threads (a Redis that hangs then delays new images, never a click on an image held in memory)."""
         if self._inline_cache:
             return self.cache.get(key)
-        return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self.cache.get, key)
+        loop = asyncio.get_running_loop()
+        if isinstance(self.cache, TieredCache) and isinstance(self.cache.tiers[0], MemoryCache):
+            hit = self.cache.get_first(key)
+            return hit if hit is not None else await loop.run_in_executor(self._tier_pool, self.cache.get_rest, key)
+        return await loop.run_in_executor(self._tier_pool, self.cache.get, key)
 
     async def _cache_put(self, key: str, embedding: ImageEmbedding) -> None:
+        """Into memory at once; the slower (shared) tiers are written before the caller gets its id, so another
+        replica that is asked about the image next finds it."""
         if self._inline_cache:
             self.cache.put(key, embedding)
+            return
+        loop = asyncio.get_running_loop()
+        if isinstance(self.cache, TieredCache) and isinstance(self.cache.tiers[0], MemoryCache):
+            self.cache.put_first(key, embedding)
+            await loop.run_in_executor(self._tier_pool, self.cache.put_rest, key, embedding)
         else:
-            await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self.cache.put, key, embedding)
+            await loop.run_in_executor(self._tier_pool, self.cache.put, key, embedding)
 
     # ------------------------------------------------------------------------------------------------ decoding
     def check_prompt_count(self, count: int) -> None:

@@ -521,3 +521,49 @@ def test_close_during_an_encode_says_the_server_is_shutting_down(tiny_model):
 
     outcome = asyncio.run(asyncio.wait_for(main(), 60))
     assert isinstance(outcome, UnavailableError) and "shutting down" in str(outcome)
+
+
+def test_a_remote_per_image_outcome_that_is_no_exception_of_ours_is_unavailable(tiny_model):
+    """A remote encoder built on asyncio.gather(..., return_exceptions=True) may hand back a CancelledError for one
+    image; the caller must get UNAVAILABLE, not a cancellation that looks like its own."""
+    from segany.errors import UnavailableError
+
+    local = Predictor(tiny_model)
+
+    async def remote(images):
+        return [asyncio.CancelledError() for _ in images]
+
+    async def main():
+        engine = Engine(local, MemoryCache(64 << 20), encoder=remote)
+        try:
+            return await asyncio.gather(engine.embed_bytes(png(31)), return_exceptions=True)
+        finally:
+            await engine.close()
+
+    (outcome,) = asyncio.run(main())
+    assert isinstance(outcome, UnavailableError) and "CancelledError" in str(outcome)
+
+
+def test_close_while_an_image_is_being_decoded_queues_nothing_after(tiny_model, monkeypatch):
+    import segany.engine as engine_module
+    from segany.errors import UnavailableError
+
+    gate = threading.Event()
+    decode = engine_module.decode_image
+    monkeypatch.setattr(engine_module, "decode_image", lambda *a, **k: (gate.wait(10), decode(*a, **k))[1])
+
+    async def main():
+        engine = Engine(Predictor(tiny_model), MemoryCache(64 << 20))
+        caller = asyncio.ensure_future(engine.embed_bytes(png(32)))
+        await asyncio.sleep(0.1)  # preparing: the image decode is held
+        closing = asyncio.ensure_future(engine.close())
+        await asyncio.sleep(0.05)
+        gate.set()
+        await closing
+        (outcome,) = await asyncio.gather(caller, return_exceptions=True)
+        await asyncio.sleep(0.3)  # the preparing task has run to its end
+        return outcome, engine.queue_depth(), engine._queued_bytes, engine.stats.encode_jobs
+
+    outcome, depth, queued_bytes, jobs = asyncio.run(main())
+    assert isinstance(outcome, UnavailableError)
+    assert (depth, queued_bytes, jobs) == (0, 0, 0)

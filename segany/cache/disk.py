@@ -140,9 +140,11 @@ class DiskCache(EmbeddingCache):
             with open(path, "rb") as f:
                 inode = os.fstat(f.fileno()).st_ino
                 blob = f.read()
-        except FileNotFoundError:  # evicted or deleted by another thread since the index lookup
+        except FileNotFoundError:  # evicted by another thread since the index lookup, or deleted from outside
             with self._lock:
                 self._misses += 1
+                if key in self._index and not path.exists():  # gone for good: its bytes are not held any more
+                    self._forget_locked(key)
             return None
         except OSError as exc:
             log.warning("disk cache: cannot read %s: %s", path, exc)

@@ -43,6 +43,9 @@ class RedisCache(EmbeddingCache):
         store_dtype: ``None``/``torch.float32``, or ``torch.float16`` to halve the bytes sent and stored
             (``get`` always returns float32).
         socket_timeout: seconds for connecting and for each command.
+        retry_after_seconds: after a failed command (timeout, refused connection), calls are skipped for this long
+            (gets are misses, puts are dropped, both counted as errors): a Redis that hangs costs one timeout per
+            interval, not one per request.
     """
 
     name = "redis"
@@ -54,6 +57,7 @@ class RedisCache(EmbeddingCache):
         prefix: str = "segany:emb:",
         store_dtype: torch.dtype | None = None,
         socket_timeout: float = 2.0,
+        retry_after_seconds: float = 5.0,
     ) -> None:
         try:
             import redis  # optional dependency: segany works without it unless this tier is configured
@@ -84,14 +88,28 @@ class RedisCache(EmbeddingCache):
         self._hits = self._misses = self._puts = self._errors = 0
         self._last_log = -float("inf")
         self._suppressed = 0
+        self.retry_after_seconds = retry_after_seconds
+        self._down_until = -float("inf")  # monotonic time before which calls are skipped (see retry_after_seconds)
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def _failed(self, operation: str, exc: BaseException, miss: bool = False) -> None:
-        """Count a failure; log it unless one was logged less than ``LOG_INTERVAL_SECONDS`` ago."""
+    def _skipping(self, miss: bool = False) -> bool:
+        """Whether calls are being skipped after a failure (then this call counts as an error, and a miss)."""
+        if time.monotonic() >= self._down_until:
+            return False
+        with self._lock:
+            self._errors += 1
+            self._misses += miss
+        return True
+
+    def _failed(self, operation: str, exc: BaseException, miss: bool = False, down: bool = True) -> None:
+        """Count a failure; log it unless one was logged less than ``LOG_INTERVAL_SECONDS`` ago. ``down``: the
+        server did not answer, so calls are skipped for ``retry_after_seconds``."""
         now = time.monotonic()
         with self._lock:
+            if down:
+                self._down_until = now + self.retry_after_seconds
             self._errors += 1
             if miss:
                 self._misses += 1
@@ -104,6 +122,8 @@ class RedisCache(EmbeddingCache):
 
     def get(self, key: str) -> ImageEmbedding | None:
         name = self._key(key)
+        if self._skipping(miss=True):
+            return None
         try:
             if self.ttl_seconds is None:
                 blob = self._client.get(name)
@@ -119,7 +139,7 @@ class RedisCache(EmbeddingCache):
         try:
             embedding = ImageEmbedding.from_bytes(blob)
         except InvalidInputError as exc:
-            self._failed("get (corrupt value, deleted)", exc, miss=True)
+            self._failed("get (corrupt value, deleted)", exc, miss=True, down=False)
             try:
                 self._client.delete(name)
             except self._failures:
@@ -131,6 +151,8 @@ class RedisCache(EmbeddingCache):
 
     def put(self, key: str, embedding: ImageEmbedding) -> None:
         name = self._key(key)
+        if self._skipping():
+            return
         blob = embedding.to_bytes(self._container_dtype)
         try:
             self._client.set(name, blob, ex=self.ttl_seconds)
@@ -142,13 +164,15 @@ class RedisCache(EmbeddingCache):
 
     def delete(self, key: str) -> None:
         name = self._key(key)
+        if self._skipping():
+            return
         try:
             self._client.delete(name)
         except self._failures as exc:
             self._failed("delete", exc)
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
+        if not isinstance(key, str) or self._skipping():
             return False
         try:
             return bool(self._client.exists(self._key(key)))

@@ -33,8 +33,28 @@ class TieredCache(EmbeddingCache):
         self._hits = self._misses = self._puts = 0
 
     def get(self, key: str) -> ImageEmbedding | None:
+        embedding = self.get_first(key)
+        return embedding if embedding is not None else self.get_rest(key)
+
+    def put(self, key: str, embedding: ImageEmbedding) -> None:
+        self.put_first(key, embedding)
+        self.put_rest(key, embedding)
+
+    # The halves of get and put, for a caller that must not wait on a slow tier when the first one answers (the
+    # engine checks its memory tier on the event loop, and sends only misses to the disk and Redis tiers' threads).
+    def get_first(self, key: str) -> ImageEmbedding | None:
+        """The first tier's answer; a hit counts as a hit of the stack, a miss is not counted (see get_rest)."""
         check_key(key)
-        for depth, tier in enumerate(self.tiers):
+        embedding = self.tiers[0].get(key)
+        if embedding is not None:
+            with self._lock:
+                self._hits += 1
+        return embedding
+
+    def get_rest(self, key: str) -> ImageEmbedding | None:
+        """The slower tiers, after a miss of the first: a hit is copied into the faster tiers."""
+        check_key(key)
+        for depth, tier in enumerate(self.tiers[1:], 1):
             embedding = tier.get(key)
             if embedding is not None:
                 for faster in self.tiers[:depth]:
@@ -46,12 +66,16 @@ class TieredCache(EmbeddingCache):
             self._misses += 1
         return None
 
-    def put(self, key: str, embedding: ImageEmbedding) -> None:
+    def put_first(self, key: str, embedding: ImageEmbedding) -> None:
         check_key(key)
-        for tier in self.tiers:
-            tier.put(key, embedding)
+        self.tiers[0].put(key, embedding)
         with self._lock:
             self._puts += 1
+
+    def put_rest(self, key: str, embedding: ImageEmbedding) -> None:
+        check_key(key)
+        for tier in self.tiers[1:]:
+            tier.put(key, embedding)
 
     def delete(self, key: str) -> None:
         for tier in self.tiers:

@@ -99,6 +99,17 @@ def test_corrupt_file_is_a_miss_and_is_removed(tmp_path, damage, caplog):
     assert cache.get(key_of(2)) is not None  # the neighbour is untouched
 
 
+def test_a_file_deleted_from_outside_leaves_the_index(tmp_path):
+    cache = DiskCache(tmp_path, 3 * FILE)
+    for i in range(3):
+        cache.put(key_of(i), make_embedding(i))
+    (tmp_path / (key_of(1) + SUFFIX)).unlink()  # someone cleans the folder by hand
+    assert cache.get(key_of(1)) is None
+    assert key_of(1) not in cache and cache.stats().entries == 2 and cache.stats().bytes == 2 * FILE
+    cache.put(key_of(3), make_embedding(3))  # fits without evicting a real entry
+    assert [key_of(i) in cache for i in range(4)] == [True, False, True, True]
+
+
 def test_corrupt_file_found_after_restart(tmp_path):
     DiskCache(tmp_path, 10 * FILE).put(key_of(1), make_embedding(1))
     path = tmp_path / (key_of(1) + SUFFIX)

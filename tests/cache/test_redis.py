@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -168,16 +169,77 @@ def test_unreachable_redis_gives_misses_not_exceptions(caplog):
 
 def test_server_going_away_and_coming_back():
     process, url = _start_redis()
-    cache = RedisCache(url, socket_timeout=0.5)
+    cache = RedisCache(url, socket_timeout=0.5, retry_after_seconds=0.2)
     cache.put(key_of(1), make_embedding(1))
     _stop(process)
     assert cache.get(key_of(1)) is None and cache.stats().errors == 1
     process, _ = _start_redis(port=int(url.rsplit(":", 1)[1].split("/")[0]))
+    time.sleep(0.25)  # past the back-off
     try:
         cache.put(key_of(1), make_embedding(1))  # the client reconnects on its own
         assert_same_embedding(cache.get(key_of(1)), make_embedding(1))
     finally:
         _stop(process)
+
+
+def test_a_hung_redis_costs_one_timeout_per_interval():
+    """A server that stops answering (paused, a network black hole) is not waited on by every call."""
+    process, url = _start_redis()
+    cache = RedisCache(url, socket_timeout=0.3, retry_after_seconds=1.0)
+    cache.put(key_of(1), make_embedding(1))
+    process.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        assert cache.get(key_of(1)) is None  # waits one socket timeout
+        first = time.monotonic() - start
+        start = time.monotonic()
+        for i in range(20):
+            assert cache.get(key_of(i)) is None
+            cache.put(key_of(i), make_embedding(2))
+        skipped = time.monotonic() - start
+        assert first >= 0.25 and skipped < 0.25, (first, skipped)
+        assert cache.stats().errors == 41 and cache.stats().misses == 21
+        process.send_signal(signal.SIGCONT)
+        time.sleep(1.05)
+        assert_same_embedding(cache.get(key_of(1)), make_embedding(1))  # tried again after the interval
+    finally:
+        process.send_signal(signal.SIGCONT)
+        _stop(process)
+
+
+def test_clicks_on_images_in_memory_do_not_wait_on_a_hung_redis(tiny_model):
+    import asyncio
+
+    from segany.cache import MemoryCache, TieredCache
+    from segany.engine import Engine
+    from segany.predictor import Predictor
+    from tests.conftest import random_image
+
+    process, url = _start_redis()
+
+    async def main():
+        cache = TieredCache([MemoryCache(64 << 20), RedisCache(url, socket_timeout=1.0)])
+        engine = Engine(Predictor(tiny_model), cache)
+        try:
+            held = await engine.embed_array(random_image(32, 32, seed=1))
+            process.send_signal(signal.SIGSTOP)
+            new = [asyncio.ensure_future(engine.embed_array(random_image(32, 32, seed=s))) for s in (2, 3, 4)]
+            await asyncio.sleep(0.3)  # the new images are now waiting on Redis
+            start = time.monotonic()
+            again = await engine.lookup(held.image_id)
+            waited = time.monotonic() - start
+            await asyncio.gather(*new)
+            return again, held, waited
+        finally:
+            await engine.close()
+            cache.close()
+
+    try:
+        again, held, waited = asyncio.run(main())
+    finally:
+        process.send_signal(signal.SIGCONT)
+        _stop(process)
+    assert again.original_size == held.original_size and waited < 0.2, waited
 
 
 def test_bad_arguments():
