@@ -4,16 +4,25 @@ Lookup order for a variant's file (e.g. ``sam_vit_b_01ec64.pth``): ``$SEGANY_CHE
 directory, then the cache directory (``$SEGANY_HOME/checkpoints``, default ``~/.cache/segany/checkpoints``).
 A missing file is downloaded into the cache directory: to ``NAME.part`` first (resumed with an HTTP Range request
 if a previous download broke off), verified by size and MD5, then renamed into place, so a half-downloaded file is
-never taken for a checkpoint. ``$SEGANY_MODEL_BASE_URL`` replaces the release host (a mirror, or a test server).
+never taken for a checkpoint (without a published MD5, as for MobileSAM, a download whose length the server did not
+give must at least be a whole zip, as torch checkpoints are). Processes downloading the same file take turns (a
+lock file beside it). ``$SEGANY_MODEL_BASE_URL`` replaces the release host (a mirror, or a test server).
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: downloads of the same file are not serialised
+    fcntl = None
 
 from segany.errors import DownloadError, UnknownModelError
 from segany.models import VARIANTS, Variant, get_variant
@@ -74,18 +83,34 @@ def download_file(url: str, dest: Path, md5: str | None = None, size: int | None
     """Download ``url`` to ``dest`` with resume, then verify ``size`` and ``md5`` before renaming into place.
 
     Raises :class:`DownloadError` with the reason; a file that fails verification is deleted (a later call starts
-    over), a broken-off download is kept as ``.part`` and resumed.
+    over), a broken-off download is kept as ``.part`` and resumed. Two processes downloading the same file (replicas
+    sharing a cache volume) take turns: the second finds the first one's file.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(dest.with_name(f".{dest.name}.lock"), "a")  # noqa: SIM115 - held for the whole download
+    except OSError as exc:
+        raise DownloadError(f"cannot write the checkpoint cache {dest.parent}: {exc.strerror or exc}; set "
+                            "SEGANY_HOME to a writable folder") from None
+    with lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if dest.is_file():  # another process finished it while this one waited
+            return dest
+        return _download_locked(url, dest, md5, size, progress)
+
+
+def _download_locked(url: str, dest: Path, md5: str | None, size: int | None, progress: bool) -> Path:
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    checked_length = True  # whether the bytes received were counted against a length the server gave
     try:
         response = urllib.request.urlopen(request, timeout=60)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # the .part is already complete
-            response = None
+        if exc.code == 416 and have:  # the .part is already complete (or longer than the file: checked below)
+            response, checked_length = None, False
         else:
             raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
@@ -95,6 +120,7 @@ def download_file(url: str, dest: Path, md5: str | None = None, size: int | None
             if have and response.status != 206:  # server ignored the range: start over
                 have = 0
             total = response.headers.get("Content-Length")
+            checked_length = total is not None or size is not None
             total = int(total) + have if total is not None else size
             bar = _progress(total, have, dest.name) if progress else None
             try:
@@ -106,10 +132,10 @@ def download_file(url: str, dest: Path, md5: str | None = None, size: int | None
                         f.write(chunk)
                         if bar is not None:
                             bar.update(len(chunk))
-            except (OSError, urllib.error.URLError) as exc:
-                raise DownloadError(
-                    f"download of {url} broke off ({exc}); run again to resume from {part.stat().st_size} bytes"
-                ) from None
+            except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
+                got = part.stat().st_size if part.exists() else 0
+                raise DownloadError(f"download of {url} broke off ({exc!r:.200}); run again to resume from {got} "
+                                    "bytes") from None
             finally:
                 if bar is not None:
                     bar.close()
@@ -117,6 +143,12 @@ def download_file(url: str, dest: Path, md5: str | None = None, size: int | None
                 raise DownloadError(
                     f"download of {url} broke off at {part.stat().st_size} of {total} bytes; run again to resume"
                 )
+    if md5 is None and not checked_length and not zipfile.is_zipfile(part):
+        # nothing vouches for this file (no checksum, no length): a torch checkpoint is a zip, and a cut-off zip
+        # has no end record
+        part.unlink()
+        raise DownloadError(f"{url}: the download cannot be verified (no checksum, no length) and is not a complete "
+                            "checkpoint; the partial file was removed, run again")
     _verify(part, url, md5, size)
     os.replace(part, dest)
     return dest

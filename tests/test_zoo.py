@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     cut_after: dict[str, int] = {}  # send only this many bytes of the body, then drop the connection
     requests: list[tuple[str, str | None]] = []
+    no_length: set[str] = set()  # no Content-Length: the body ends when the connection closes
+    chunked_cut: set[str] = set()  # chunked transfer that stops after its first chunk
+    slow: set[str] = set()  # the body in two halves, 0.3 s apart
 
     def do_GET(self):  # noqa: N802 - http.server API
         name = self.path.lstrip("/")
@@ -40,8 +44,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if name in self.chunked_cut:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = body[: len(body) // 2]
+            self.wfile.write(f"{len(half):x}\r\n".encode() + half + b"\r\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if name not in self.no_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if name in self.slow:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            time.sleep(0.3)
+            body = body[len(body) // 2 :]
         cut = self.cut_after.pop(name, None)
         self.wfile.write(body if cut is None else body[:cut])
         if cut is not None:
@@ -63,6 +81,7 @@ def server(tmp_path, monkeypatch, tiny_model):
     _Handler.files = {"tiny_release.pth": data, "corrupt.pth": data[:-10] + b"x" * 10}
     _Handler.cut_after = {}
     _Handler.requests = []
+    _Handler.no_length, _Handler.chunked_cut, _Handler.slow = set(), set(), set()
     md5 = hashlib.md5(data).hexdigest()
     monkeypatch.setenv("SEGANY_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SEGANY_MODEL_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
@@ -108,6 +127,56 @@ def test_truncated_download_resumes(server):
 def test_size_mismatch(server, tmp_path):
     with pytest.raises(DownloadError, match="expected"):
         zoo.download_file(zoo.source_url(VARIANTS["zoo-good"]), tmp_path / "x.pth", size=12, progress=False)
+
+
+def test_two_downloads_of_one_file_take_turns(server, tmp_path):
+    """Replicas sharing a cache volume start together: one downloads, the other waits and takes its file."""
+    _Handler.slow.add("tiny_release.pth")
+    url, dest = zoo.source_url(VARIANTS["zoo-good"]), tmp_path / "shared" / "tiny_release.pth"
+    md5 = VARIANTS["zoo-good"].md5
+    results = []
+
+    def fetch():
+        try:
+            results.append(zoo.download_file(url, dest, md5=md5, progress=False))
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            results.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [dest, dest] and dest.read_bytes() == server
+    assert [r for r in _Handler.requests if r[0] == "tiny_release.pth"] == [("tiny_release.pth", None)]
+
+
+def test_a_download_nothing_vouches_for_must_be_a_whole_checkpoint(server, tmp_path):
+    """No checksum (MobileSAM's is not published) and no length: a cut-off file is not taken for a checkpoint."""
+    url = zoo.source_url(VARIANTS["zoo-good"])
+    _Handler.no_length.add("tiny_release.pth")
+    _Handler.cut_after["tiny_release.pth"] = 5000
+    with pytest.raises(DownloadError, match="cannot be verified"):
+        zoo.download_file(url, tmp_path / "a.pth", progress=False)
+    assert not list(tmp_path.glob("a.pth*"))
+    assert zoo.download_file(url, tmp_path / "a.pth", progress=False).read_bytes() == server  # whole: a valid zip
+    # a stale .part as long as the file (the server answers 416) is checked the same way
+    (tmp_path / "b.pth.part").write_bytes(b"\0" * len(server))
+    with pytest.raises(DownloadError, match="cannot be verified"):
+        zoo.download_file(url, tmp_path / "b.pth", progress=False)
+
+
+def test_a_chunked_download_that_breaks_off_is_typed(server, tmp_path):
+    _Handler.chunked_cut.add("tiny_release.pth")
+    with pytest.raises(DownloadError, match="broke off"):
+        zoo.download_file(zoo.source_url(VARIANTS["zoo-good"]), tmp_path / "c.pth", progress=False)
+
+
+def test_an_unwritable_cache_folder_is_a_download_error(server, tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("SEGANY_HOME", str(tmp_path / "a_file"))
+    with pytest.raises(DownloadError, match="set SEGANY_HOME to a writable folder"):
+        zoo.resolve_checkpoint("zoo-good", progress=False)
 
 
 def test_http_error_is_typed(server):
