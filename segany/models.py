@@ -195,11 +195,16 @@ def build_model(variant: str, seed: int | None = None) -> Sam:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state_dict safely: safetensors, or ``torch.load(weights_only=True, mmap=True)``.
 
-    Accepts a plain state_dict or one wrapped as ``{"model": ...}`` / ``{"state_dict": ...}``.
+    Accepts a plain state_dict, one wrapped as ``{"model": ...}`` / ``{"state_dict": ...}`` (other entries of a
+    training checkpoint, e.g. ``optimizer``, ignored), and keys prefixed ``module.`` (DistributedDataParallel).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a folder; give the checkpoint file in it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint file {str(path)!r} is empty")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -225,12 +230,28 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path} could not be read as a torch checkpoint (only plain tensors are accepted, no pickled code): "
             f"{type(exc).__name__}: {exc}"
         ) from None
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, Mapping) and set(obj) == {wrapper}:
-            obj = obj[wrapper]
+    obj = _unwrap(obj)
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    if not all(isinstance(k, str) for k in obj):
+        raise CheckpointError(f"{path} has state_dict keys that are not strings")
+    keys = list(obj)
+    if keys and all(k.startswith("module.") for k in keys):  # saved from a DistributedDataParallel wrapper
+        return {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj)
+
+
+def _unwrap(obj):
+    """The state_dict inside a training checkpoint (``{"model": ..., "optimizer": ..., "step": ...}``, as
+    ``segany train`` writes, or ``{"state_dict": ...}``), else ``obj``."""
+    for _ in range(3):  # a wrapper inside a wrapper
+        if not isinstance(obj, Mapping) or all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        inner = [obj[w] for w in ("model", "state_dict") if isinstance(obj.get(w), Mapping)]
+        if not inner:
+            return obj
+        obj = inner[0]
+    return obj
 
 
 def remap_checkpoint_keys(state_dict: dict[str, torch.Tensor], variant: str) -> dict[str, torch.Tensor]:
@@ -315,10 +336,16 @@ def load_checkpoint(path: str | os.PathLike, variant: str | None = None) -> Sam:
         raise CheckpointError(f"{path} does not fit variant {variant!r}: " + _describe_mismatch(
             variant, missing, unexpected, wrong, prefix=""
         ).split("; ", 1)[-1])
-    # Floating weights become float32 (the shipped model is stored in fp16); fp32 tensors are not copied.
-    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     with torch.device("meta"):
         model = assemble(get_variant(variant).build_encoder())
+    expected_float = {k: v.is_floating_point() for k, v in model.state_dict().items()}
+    wrong_kind = sorted(k for k, v in state_dict.items() if v.is_floating_point() != expected_float[k]
+                        or v.is_complex())
+    if wrong_kind:
+        raise CheckpointError(f"{path} holds tensors of the wrong kind of dtype for variant {variant!r} (e.g. "
+                              f"{wrong_kind[0]}: {state_dict[wrong_kind[0]].dtype})")
+    # Floating weights become float32 (the shipped model is stored in fp16); fp32 tensors are not copied.
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     model.load_state_dict(state_dict, strict=True, assign=True)
     # TinyViT derives its bias index tables (not in the state_dict) from the loaded tables; see SAM_FACTS.md.
     refresh = getattr(model.image_encoder, "refresh_attention_biases", None)

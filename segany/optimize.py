@@ -44,6 +44,7 @@ def configure(model: nn.Module, precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     set_sdpa(model, precision == "fast")
+    model._segany_precision = precision  # what a Predictor on this model checks (two precisions cannot share it)
     encoder = getattr(model, "image_encoder", None)
     if encoder is not None:
         encoder.to(memory_format=torch.channels_last if precision == "fast" else torch.contiguous_format)

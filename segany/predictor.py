@@ -97,6 +97,7 @@ class Predictor:
     @torch.inference_mode()
     def encode_batch(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
         """Encode several images in one encoder call (what the engine's micro-batches use)."""
+        self._check_precision()
         prepared = [self.preprocess(im) for im in images]
         batch = torch.cat([p[0] for p in prepared])
         if self.precision == "fast":  # matches the channels-last weights (segany.optimize.configure): no reorders
@@ -151,6 +152,9 @@ class Predictor:
             raise InvalidPromptError("predict_batch needs at least one box or point set")
         if points is not None and len(points) != n:
             raise InvalidPromptError(f"got {n} boxes but {len(points)} point sets; they must pair up")
+        if points is not None and (labels is None or len(labels) != n):
+            got = "no labels" if labels is None else f"{len(labels)} label sets"
+            raise InvalidPromptError(f"got {n} point sets but {got}; give one label set per point set")
         prompts = [
             make_prompt(
                 embedding.original_size,
@@ -167,6 +171,7 @@ class Predictor:
         self, embedding: ImageEmbedding, prompts: Sequence[Prompt], multimask: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder only: (B, M, 256, 256) low-res logits and (B, M) scores for validated prompts."""
+        self._check_precision()
         self._check_embedding(embedding)
         logits, scores = [], []
         for group in _group_by_shape(prompts):
@@ -196,6 +201,17 @@ class Predictor:
             full_t = upscale_logits(low_res, embedding.input_size, embedding.original_size, self.image_size)
             masks_np = (full_t if return_logits else full_t > MASK_THRESHOLD).cpu().numpy()
         return [PredictionResult(masks_np[i], scores_np[i], low_np[i]) for i in range(len(prompts))]
+
+    def _check_precision(self) -> None:
+        """The model's modules are configured for one precision at a time (:func:`segany.optimize.configure`): a
+        second Predictor (or an ONNX export) with another one changed them under this predictor."""
+        current = getattr(self.model, "_segany_precision", self.precision)
+        if current != self.precision:
+            raise ModelMismatchError(
+                f"this Predictor runs precision {self.precision!r}, but its model has since been configured for "
+                f"{current!r} (by another Predictor on the same model, or an ONNX export): use one precision per "
+                "model, or load a second copy of the model for the other"
+            )
 
     def _check_embedding(self, embedding: ImageEmbedding) -> None:
         if embedding.model_fingerprint != self.fingerprint:

@@ -47,6 +47,8 @@ def make_prompt(
     """Check and normalise one prompt given in the original frame (H, W)."""
     height, width = original_size
     pts = lab = bx = mask = None
+    if points is not None and np.ndim(points) == 0:
+        raise InvalidPromptError(f"points must be [[x, y], ...], got a single value {points!r:.40}")
     if points is not None and len(points) > 0:
         pts = _finite_array(points, "points", np.float64)
         if pts.ndim != 2 or pts.shape[1] != 2:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from segany.errors import InvalidImageError
+
 
 def input_size_for(original_size: tuple[int, int], target: int = 1024) -> tuple[int, int]:
     """(h, w) after scaling the longest side of (H, W) to ``target``, rounding half up."""
@@ -27,6 +29,11 @@ def resize_image(image: np.ndarray, target: int = 1024) -> np.ndarray:
     Pillow's bilinear filter, which antialiases when shrinking, exactly as the released predictor does.
     """
     h, w = input_size_for(image.shape[:2], target)
+    if h == 0 or w == 0:  # as in the released predictor, which then fails inside Pillow
+        raise InvalidImageError(
+            f"a {image.shape[1]}x{image.shape[0]} image is too narrow for the model: its short side would be 0 "
+            f"pixels at the {target}-pixel input (aspect ratios up to about {2 * target}:1 work)"
+        )
     if (h, w) == image.shape[:2]:
         return image
     return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))

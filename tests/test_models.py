@@ -65,6 +65,37 @@ def test_wrapped_state_dict_is_accepted(tmp_path, tiny_model):
     assert segany.load_model(path).variant == "test-tiny"
 
 
+def test_training_checkpoints_and_ddp_prefixes_load(tmp_path, tiny_model):
+    """What `segany train` writes (model + optimizer + step) and what a DistributedDataParallel run saves."""
+    sd = tiny_model.state_dict()
+    layouts = {
+        "train": {"model": sd, "optimizer": {"state": {}, "param_groups": []}, "step": 7},
+        "lightning": {"state_dict": sd, "epoch": 3},
+        "ddp": {"module." + k: v for k, v in sd.items()},
+    }
+    for name, obj in layouts.items():
+        path = tmp_path / f"{name}.pth"
+        torch.save(obj, path)
+        model = segany.load_model(path)
+        assert model.variant == "test-tiny" and model.fingerprint == tiny_model.fingerprint, name
+
+
+def test_tensors_of_the_wrong_dtype_kind_and_odd_keys_are_checkpoint_errors(tmp_path, tiny_model):
+    from segany.errors import CheckpointError
+
+    sd = dict(tiny_model.state_dict())
+    key = "mask_decoder.iou_token.weight"
+    for _name, broken in {
+        "int": {**sd, key: sd[key].to(torch.int32)},
+        "complex": {**sd, key: sd[key].to(torch.complex64)},
+        "int keys": {**sd, 5: torch.zeros(1)},
+    }.items():
+        path = tmp_path / "bad.pth"
+        torch.save(broken, path)
+        with pytest.raises(CheckpointError, match="wrong kind of dtype|not strings"):
+            segany.load_model(path)
+
+
 def test_missing_and_unexpected_keys_are_named(tmp_path, tiny_model):
     sd = dict(tiny_model.state_dict())
     del sd["mask_decoder.iou_token.weight"]

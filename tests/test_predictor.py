@@ -147,3 +147,42 @@ def test_embedding_container_round_trip(emb):
     half = ImageEmbedding.from_bytes(emb.to_bytes("float16"))
     assert len(emb.to_bytes("float16")) < 2.1 * 2**20
     np.testing.assert_allclose(half.image_embeddings.numpy(), emb.image_embeddings.numpy(), atol=1e-2, rtol=1e-3)
+
+
+def test_two_predictors_of_different_precision_cannot_share_a_model():
+    from segany.errors import ModelMismatchError
+
+    model = segany.build_model("test-tiny", seed=0)
+    image = random_image(40, 50, seed=1)
+    exact = segany.Predictor(model, precision="exact")
+    embedding = exact.encode(image)
+    segany.Predictor(model, precision="fast")  # reconfigures the shared modules
+    with pytest.raises(ModelMismatchError, match="has since been configured for 'fast'"):
+        exact.encode(image)
+    with pytest.raises(ModelMismatchError, match="load a second copy"):
+        exact.predict(embedding, points=[[10, 10]], labels=[1])
+    segany.Predictor(model, precision="exact")
+    assert exact.predict(embedding, points=[[10, 10]], labels=[1]).masks.shape == (3, 40, 50)  # back in step
+
+
+def test_images_too_narrow_for_the_model_are_invalid_images():
+    from segany.errors import InvalidImageError
+
+    predictor = segany.Predictor(segany.build_model("test-tiny", seed=0))
+    for shape in [(1, 3000, 3), (3000, 1, 3), (2, 5000, 3)]:
+        with pytest.raises(InvalidImageError, match="too narrow for the model"):
+            predictor.encode(np.zeros(shape, np.uint8))
+    assert predictor.encode(np.zeros((1, 2000, 3), np.uint8)).input_size == (1, 1024)  # up to about 2048:1
+
+
+def test_prompt_shapes_that_do_not_pair_up_are_invalid_prompts():
+    from segany.errors import InvalidPromptError
+
+    predictor = segany.Predictor(segany.build_model("test-tiny", seed=0))
+    embedding = predictor.encode(random_image(40, 50, seed=2))
+    with pytest.raises(InvalidPromptError, match="2 point sets but 1 label sets"):
+        predictor.predict_batch(embedding, points=[[[5, 5]], [[9, 9]]], labels=[[1]])
+    with pytest.raises(InvalidPromptError, match="2 point sets but no labels"):
+        predictor.predict_batch(embedding, points=[[[5, 5]], [[9, 9]]])
+    with pytest.raises(InvalidPromptError, match="single value"):
+        predictor.predict(embedding, points=5, labels=[1])

@@ -32,7 +32,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.server and (args.model or args.checkpoint):
         raise InvalidInputError("--server embeds with the server's model; drop --model/--checkpoint")
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.threads is not None and args.threads < 1:
+        raise InvalidInputError(f"--threads must be >= 1, got {args.threads}")
+    stems: dict[str, Path] = {}
+    for path in args.images:  # the outputs are OUT/<stem>.emb: two inputs must not write the same one
+        if path.stem in stems and stems[path.stem] != path:
+            raise InvalidInputError(f"{stems[path.stem]} and {path} would both be written to {path.stem}.emb; "
+                                    "embed them into separate --out folders")
+        stems[path.stem] = path
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot use --out {args.out} as the output folder: {exc.strerror or exc}") from None
     embed, close = _remote(args) if args.server else _local(args)
     try:
         return _embed_all(args, embed)

@@ -33,3 +33,23 @@ def test_embed_locally_and_through_the_server(server, tiny_model, tmp_path, caps
     remote = decode_container((tmp_path / "remote" / "photo.emb").read_bytes())
     assert remote.stored_dtype == "float32" and remote.model_fingerprint == local.model_fingerprint
     np.testing.assert_allclose(remote.array, local.array, atol=2e-2, rtol=2e-2)
+
+
+def test_embed_refuses_what_it_cannot_write_in_one_line(tiny_model, tmp_path, capsys):
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(tiny_model.state_dict(), checkpoint)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.png").write_bytes(png_bytes(random_image(20, 20, seed=len(folder))))
+    (tmp_path / "a_file").write_text("")
+    base = ["embed", "--checkpoint", str(checkpoint)]
+    for extra, message in [
+        ([str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"), "--out", str(tmp_path / "o")],
+         "would both be written to x.emb"),
+        ([str(tmp_path / "a" / "x.png"), "--out", str(tmp_path / "a_file")], "cannot use --out"),
+        ([str(tmp_path / "a" / "x.png"), "--out", str(tmp_path / "o"), "--threads", "-1"], "--threads must be >= 1"),
+    ]:
+        code = main([*base, *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and "Traceback" not in err, (extra, err)
+    assert not (tmp_path / "o").exists()  # refused before anything was written
