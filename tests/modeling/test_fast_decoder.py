@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -85,7 +87,7 @@ def test_predictor_fast_decoder_gives_exact_masks_on_one_embedding(model):
     """Same embedding, both precisions: the decoder rewrite alone moves logits by rounding only."""
     image = random_image(300, 500, seed=4)
     exact = segany.Predictor(model, precision="exact")
-    fast = segany.Predictor(model, precision="fast")
+    fast = segany.Predictor(copy.deepcopy(model), precision="fast")  # one precision per model: a copy, same weights
     emb = exact.encode(image)
     for kwargs in (
         dict(points=[[120, 80]], labels=[1]),
