@@ -74,6 +74,12 @@ class ResourceExhaustedError(SeganyError):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class ClosedError(SeganyError):
+    """A client used after ``close()``."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
 class UnavailableError(SeganyError):
     """The service is not ready (model loading, shutting down) or unreachable."""
 

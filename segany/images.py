@@ -34,6 +34,10 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     elif image.dtype in (np.float32, np.float64):
         if not np.isfinite(image).all():
             raise InvalidImageError("float image contains NaN or infinite values")
+        low, high = float(image.min()), float(image.max())
+        if low < -1e-3 or high > 1 + 1e-3:  # 0..255 floats (a cv2/PIL conversion) would all turn white
+            raise InvalidImageError(f"a float image must hold values in [0, 1], got {low:.4g}..{high:.4g}; pass "
+                                    "0-255 values as uint8 (image.astype(np.uint8))")
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     else:
         raise InvalidImageError(f"image dtype must be uint8, uint16 or float in [0, 1], got {image.dtype}")

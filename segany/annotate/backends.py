@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from segany.annotate.sources import ObjectPrompt
-from segany.errors import UnavailableError
+from segany.errors import InvalidInputError, UnavailableError
 from segany.everything import UPSCALE_BUDGET_BYTES, AutomaticMaskGenerator, EverythingSettings, decode_in_chunks
 from segany.mask_outputs import mask_upscaler_for
 from segany.masks import encode_rle_batch
@@ -120,14 +120,19 @@ class LocalBackend:
 class ServerBackend:
     """Masks from a running ``segany serve`` through :class:`segany.client.Client`: same model, same results."""
 
-    def __init__(self, address: str, everything: EverythingSettings | None = None, timeout: float = 600.0) -> None:
+    def __init__(self, address: str, everything: EverythingSettings | None = None, timeout: float = 600.0,
+                 token: str | None = None) -> None:
         try:
-            from segany.client import Client
+            from segany.client import Client, Unauthenticated
         except ImportError as exc:  # grpc is an optional extra
             raise UnavailableError(f"--server needs the gRPC client: pip install 'segany[server]' ({exc})") from None
-        self.client = Client(address, timeout=timeout)
+        self.client = Client(address, timeout=timeout, token=token)
         try:
             self.client.wait_ready(timeout=30.0)
+            self.client.model_info(timeout=30.0)  # health answers without a token; this call needs the right one
+        except Unauthenticated as exc:
+            raise InvalidInputError(f"segany server at {address} refused the token: {exc.message} (--token or "
+                                    "SEGANY_AUTH_TOKEN)") from None
         except Exception as exc:  # noqa: BLE001 - any failure here means the server cannot be used
             raise UnavailableError(f"segany server at {address} is not reachable or not ready: {exc}") from None
         self.generator = None

@@ -183,12 +183,15 @@ def _load_jsonl(path: Path) -> PromptSource:
                 raise InvalidInputError(f'{where}: each line must be an object with "image": "<name>"')
             objects = entry.get("prompts", entry.get("objects"))
             inline = [k for k in _OBJECT_KEYS if k in entry]
-            if objects is None:
-                objects = [entry] if any(k in entry for k in ("box", "points")) else []
+            if objects is None:  # one object per line: the line is the object (its keys checked with it)
+                objects = [{k: v for k, v in entry.items() if k != "image"}] if inline else []
+                if not inline:
+                    _warn_unknown(entry, _ENTRY_KEYS, where)
             elif inline:
                 raise InvalidInputError(f'{where}: {", ".join(inline)} beside "prompts" would be ignored: put each '
                                         'object\'s box/points inside "prompts"')
-            _warn_unknown(entry, _ENTRY_KEYS | _OBJECT_KEYS, where)
+            else:
+                _warn_unknown(entry, _ENTRY_KEYS, where)
             if not isinstance(objects, list):
                 raise InvalidInputError(f'{where}: "prompts" must be a list of objects')
             prompts = by_name.setdefault(_normalize(entry["image"]), [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import os
 import signal
 import sys
 import threading
@@ -55,6 +56,7 @@ def register(subparsers) -> None:
     which.add_argument("--model", metavar="NAME", help="zoo model name (default: the shipped segany-lite)")
     which.add_argument("--checkpoint", metavar="PATH", help="checkpoint file (SAM / MobileSAM / segany)")
     model.add_argument("--server", metavar="ADDR", help="use a running `segany serve` at host:port instead")
+    model.add_argument("--token", help="bearer token for --server (or SEGANY_AUTH_TOKEN)")
     model.add_argument("--precision", choices=("fast", "exact"), default="fast",
                        help="fast (default) or exact (fp32, same masks as the public SAM implementation)")
     model.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda or cuda:N")
@@ -112,6 +114,8 @@ def run_annotate(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{', '.join(sorted(amg_given))} apply to --everything only")
     if args.server and (args.model or args.checkpoint):
         raise InvalidInputError("--server uses the server's model; drop --model/--checkpoint")
+    if args.token and not args.server:
+        raise InvalidInputError("--token is for --server")
     if args.server and args.device != "cpu":
         raise InvalidInputError("--server uses the server's device; drop --device")
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
@@ -139,7 +143,7 @@ def run_annotate(args: argparse.Namespace) -> int:
     if args.server:
         from segany.annotate.backends import ServerBackend
 
-        backend = ServerBackend(args.server, everything)
+        backend = ServerBackend(args.server, everything, token=args.token or os.environ.get("SEGANY_AUTH_TOKEN"))
         device_kind = "cpu"  # the server's business
         model_id = f"server:{args.server}"
     else:

@@ -1,4 +1,5 @@
-"""``segany export decoder|encoder``: write ONNX graphs of a model, checked against torch on the way out."""
+"""``segany export decoder|encoder``: write ONNX graphs of a model (the public-interface decoder is checked against
+torch on the way out)."""
 
 from __future__ import annotations
 

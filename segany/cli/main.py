@@ -23,6 +23,7 @@ from segany.errors import (
     DownloadError,
     InvalidInputError,
     SeganyError,
+    UnauthenticatedError,
     UnavailableError,
     UnknownModelError,
 )
@@ -64,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exit_code_for(exc: BaseException) -> int:
     """The CLI's exit code for an error (see module docstring)."""
-    if isinstance(exc, (InvalidInputError, UnknownModelError, CheckpointError)):
-        return EXIT_USAGE
+    if isinstance(exc, (InvalidInputError, UnknownModelError, CheckpointError, UnauthenticatedError)):
+        return EXIT_USAGE  # a missing or wrong --token is the caller's to fix, like a bad option
     if isinstance(exc, (UnavailableError, DownloadError)):
         return EXIT_UNAVAILABLE
     return EXIT_PARTIAL

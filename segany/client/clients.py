@@ -100,10 +100,27 @@ class _Base:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        if token is not None and not (isinstance(token, str) and token.isascii() and token.isprintable()):
+            raise errors.InvalidInputError("token must be printable ASCII (no line breaks): it travels as a header")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._closed = False
+        self._health_stub = None
         self._options = channel_options(max_message_bytes)
         self._secure = tls or root_certificates is not None or certificate_chain is not None
         self._creds = channel_credentials(root_certificates, private_key, certificate_chain) if self._secure else None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.ClosedError(f"this client of {self.target} is closed; make a new one")
+
+    def _health(self):
+        """The grpc.health.v1 stub, made once (on a closed channel, making one crashed the process)."""
+        self._check_open()
+        if self._health_stub is None:
+            from grpc_health.v1 import health_pb2_grpc
+
+            self._health_stub = health_pb2_grpc.HealthStub(self._channel)
+        return self._health_stub
 
     def _delay(self, attempt: int) -> float:
         return self.backoff * (2**attempt) * (0.5 + random.random())
@@ -142,6 +159,7 @@ class Client(_Base):
         self._stub = pb_grpc.SeganyStub(self._channel)
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -151,6 +169,7 @@ class Client(_Base):
         self.close()
 
     def _call(self, method, request, timeout: float | None, retry: bool = True):
+        self._check_open()
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         attempt = 0
@@ -200,18 +219,26 @@ class Client(_Base):
 
         A newer prompt for an object replaces its pending older one (answered ``superseded``). Not retried.
         """
+        self._check_open()
         outputs = outputs or Outputs()
         source = image_source(image)
+        failure: list[BaseException] = []  # a bad request (or the caller's iterator failing), raised as itself
 
         def messages():
-            for sequence, (object_id, prompt) in enumerate(requests):
-                yield stream_request(object_id, sequence, source, prompt, multimask, outputs)
+            try:
+                for sequence, (object_id, prompt) in enumerate(requests):
+                    yield stream_request(object_id, sequence, source, prompt, multimask, outputs)
+            except Exception as exc:
+                failure.append(exc)
+                raise
 
         timeout = self.timeout if timeout is None else timeout
         try:
             for reply in self._stub.SegmentStream(messages(), timeout=timeout, metadata=self._metadata_for(source)):
                 yield stream_result_from(reply)
         except grpc.RpcError as exc:
+            if failure:
+                raise failure[0] from None
             raise error_from_rpc(exc) from None
 
     def model_info(self, timeout: float | None = None) -> pb.ModelInfo:
@@ -225,10 +252,9 @@ class Client(_Base):
 
     def health(self, service: str = "", timeout: float | None = 5.0) -> str:
         """``"SERVING"``, ``"NOT_SERVING"``, ...: the grpc.health.v1 status."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_health.v1 import health_pb2
 
-        stub = health_pb2_grpc.HealthStub(self._channel)
-        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        response = self._call(self._health().Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -267,6 +293,7 @@ class AsyncClient(_Base):
         self._stub = pb_grpc.SeganyStub(self._channel)
 
     async def close(self) -> None:
+        self._closed = True
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -276,6 +303,7 @@ class AsyncClient(_Base):
         await self.close()
 
     async def _call(self, method, request, timeout: float | None, retry: bool = True):
+        self._check_open()
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         attempt = 0
@@ -317,27 +345,39 @@ class AsyncClient(_Base):
     async def segment_stream(self, requests, *, image: Any, multimask: bool = True, outputs: Outputs | None = None,
                              timeout: float | None = None):
         """Async generator of :class:`StreamResult`; ``requests`` is an (async) iterable of (object_id, prompt)."""
+        self._check_open()
         outputs = outputs or Outputs()
         source = image_source(image)
+        failure: list[BaseException] = []  # a bad request (or the caller's iterator failing), raised as itself
 
         async def messages():
             sequence = 0
-            if hasattr(requests, "__aiter__"):
-                async for object_id, prompt in requests:
-                    yield stream_request(object_id, sequence, source, prompt, multimask, outputs)
-                    sequence += 1
-            else:
-                for object_id, prompt in requests:
-                    yield stream_request(object_id, sequence, source, prompt, multimask, outputs)
-                    sequence += 1
+            try:
+                if hasattr(requests, "__aiter__"):
+                    async for object_id, prompt in requests:
+                        yield stream_request(object_id, sequence, source, prompt, multimask, outputs)
+                        sequence += 1
+                else:
+                    for object_id, prompt in requests:
+                        yield stream_request(object_id, sequence, source, prompt, multimask, outputs)
+                        sequence += 1
+            except Exception as exc:
+                failure.append(exc)
+                raise
 
         timeout = self.timeout if timeout is None else timeout
         call = self._stub.SegmentStream(messages(), timeout=timeout, metadata=self._metadata_for(source))
         try:
             async for reply in call:
                 yield stream_result_from(reply)
-        except grpc.RpcError as exc:
+        except (grpc.RpcError, asyncio.CancelledError) as exc:
+            if failure:  # grpc.aio cancels the call when the request iterator fails
+                raise failure[0] from None
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()  # the caller stopped early (break, aclose) or it ended: no more requests are pulled
 
     async def model_info(self, timeout: float | None = None) -> pb.ModelInfo:
         return await self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)
@@ -349,10 +389,9 @@ class AsyncClient(_Base):
         return (await self._call(self._stub.GetMetrics, pb.GetMetricsRequest(), timeout)).text
 
     async def health(self, service: str = "", timeout: float | None = 5.0) -> str:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_health.v1 import health_pb2
 
-        stub = health_pb2_grpc.HealthStub(self._channel)
-        response = await self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        response = await self._call(self._health().Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     async def wait_ready(self, timeout: float = 60.0) -> None:

@@ -132,8 +132,12 @@ def image_source(image: Any) -> pb.ImageSource:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return pb.ImageSource(image_bytes=bytes(image))
     if isinstance(image, os.PathLike):
-        with open(image, "rb") as f:
-            return pb.ImageSource(image_bytes=f.read())
+        try:
+            with open(image, "rb") as f:
+                return pb.ImageSource(image_bytes=f.read())
+        except OSError as exc:
+            raise errors.InvalidInputError(f"cannot read the image file {os.fspath(image)!r}: "
+                                           f"{exc.strerror or exc}") from None
     if isinstance(image, np.ndarray):
         from segany.images import as_rgb_uint8
 

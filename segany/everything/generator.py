@@ -99,6 +99,14 @@ class EverythingSettings:
             raise InvalidInputError(
                 f"crop_n_points_downscale_factor must be >= 1, got {self.crop_n_points_downscale_factor}"
             )
+        if self.points_per_side is not None:
+            deepest = int(self.points_per_side / self.crop_n_points_downscale_factor**self.crop_n_layers)
+            if deepest < 1:  # the public generator divides by zero here
+                raise InvalidInputError(
+                    f"points_per_side {self.points_per_side} downscaled by {self.crop_n_points_downscale_factor} for "
+                    f"each of {self.crop_n_layers} crop layers leaves no point in the last layer; use more points, "
+                    "fewer layers or a smaller downscale factor"
+                )
         if self.point_grids is not None and len(self.point_grids) < self.crop_n_layers + 1:
             raise InvalidInputError(
                 f"point_grids needs one grid per layer: {self.crop_n_layers + 1}, got {len(self.point_grids)}"

@@ -131,7 +131,7 @@ def run(weights: str | None, n: int, seed: int, per_image: int, precision: str) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="segany.training.evaluate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="segany evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default=None, help="checkpoint path or zoo name (default: the shipped model)")
     ap.add_argument("--n", type=int, default=200, help="number of held-out scenes")
     ap.add_argument("--seed", type=int, default=12345)

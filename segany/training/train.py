@@ -260,7 +260,7 @@ def _lr_factor(progress: float, step: int, warmup: int, final: float) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="segany.training.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="segany train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, log, weights)")
     ap.add_argument("--minutes", type=float, default=80.0, help="wall-clock budget; the schedule ends on time")
     ap.add_argument("--steps", type=int, default=0, help="step budget (0 = time only)")

@@ -171,7 +171,7 @@ def fit(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="segany.training.tune_iou_head", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="segany tune-iou-head", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default=None, help="checkpoint path or zoo name (default: the shipped model)")
     ap.add_argument("--scenes", type=int, default=1500)
     ap.add_argument("--per-scene", type=int, default=4, help="objects prompted per scene")

@@ -186,3 +186,27 @@ def test_listing_the_formats_in_another_order_resumes(run_cli, tmp_path, tiny_ch
     assert run_cli(*base, "--format", "coco,png")[0] == 0
     code, err = run_cli(*base, "--format", "png,coco")
     assert code == 0 and "0 labelled now, 1 already done" in err
+
+
+def test_one_object_per_line_warns_about_nothing_known(tmp_path, caplog):
+    lines = [{"image": "a.png", "box": [1, 1, 5, 5], "class": "car"}, {"image": "a.png", "points": [[2, 2]]}]
+    source = load_prompts(write_jsonl(tmp_path / "p.jsonl", lines))
+    assert len(source.prompts_for("a.png")) == 2
+    assert "ignoring" not in caplog.text  # "image" belongs to the line, not to an unknown key of the object
+    load_prompts(write_jsonl(tmp_path / "q.jsonl", [{"image": "a.png", "box": [1, 1, 5, 5], "bbox": [0, 0, 1, 1]}]))
+    assert caplog.text.count("ignoring 'bbox'") == 1
+
+
+def test_crop_layers_that_would_get_no_points_are_refused():
+    from segany.everything import EverythingSettings
+
+    with pytest.raises(InvalidInputError, match="leaves no point in the last layer"):
+        EverythingSettings(points_per_side=2, crop_n_layers=2, crop_n_points_downscale_factor=2)
+    EverythingSettings(points_per_side=4, crop_n_layers=2, crop_n_points_downscale_factor=2)  # 1 point: fine
+
+
+def test_a_wrong_token_is_a_usage_exit_code():
+    from segany.cli.main import exit_code_for
+    from segany.errors import UnauthenticatedError
+
+    assert exit_code_for(UnauthenticatedError("no token")) == 2
