@@ -35,7 +35,7 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
         if not np.isfinite(image).all():
             raise InvalidImageError("float image contains NaN or infinite values")
         low, high = float(image.min()), float(image.max())
-        if low < -1e-3 or high > 1 + 1e-3:  # 0..255 floats (a cv2/PIL conversion) would all turn white
+        if low < -0.5 or high > 1.5:  # 0..255 floats would all turn white; a resize's overshoot is clipped
             raise InvalidImageError(f"a float image must hold values in [0, 1], got {low:.4g}..{high:.4g}; pass "
                                     "0-255 values as uint8 (image.astype(np.uint8))")
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -82,13 +82,19 @@ class PromptSource:
     by_name: dict[str, list[ObjectPrompt]] = field(default_factory=dict)
     description: str = ""
 
+    #: Whether the source names images without their suffix (YOLO label files: ``train/frame.0001``).
+    keys_without_suffix = False
+
     def __post_init__(self) -> None:
         self._by_file: dict[str, list[str]] = {}
         self._by_stem: dict[str, list[str]] = {}
         for name in self.by_name:
             p = PurePosixPath(name)
-            self._by_file.setdefault(p.name, []).append(name)
-            self._by_stem.setdefault(p.stem, []).append(name)
+            if self.keys_without_suffix:  # the key's last part is already the image's stem (dots and all)
+                self._by_stem.setdefault(p.name, []).append(name)
+            else:
+                self._by_file.setdefault(p.name, []).append(name)
+                self._by_stem.setdefault(p.stem, []).append(name)
 
     def prompts_for(self, name: str) -> list[ObjectPrompt] | None:
         """Prompts of the image called ``name``, or None when the source does not mention it."""
@@ -103,11 +109,14 @@ class PromptSource:
             return name
         p = PurePosixPath(name)
         for table, key, whole in ((self._by_file, p.name, name), (self._by_stem, p.stem, _without_suffix(name))):
-            hits = [k for k in table.get(key, []) if _same_place(k if table is self._by_file else _without_suffix(k),
-                                                                 whole)]
+            hits = [k for k in table.get(key, []) if _same_place(self._key_path(k, table is self._by_stem), whole)]
             if len(hits) == 1:
                 return hits[0]
         return None
+
+    def _key_path(self, key: str, as_stem: bool) -> str:
+        """``key`` as the path it is compared with: without its suffix when matched by stem."""
+        return _without_suffix(key) if as_stem and not self.keys_without_suffix else key
 
     def shared_keys(self, names: list[str]) -> dict[str, list[str]]:
         """Entries that more than one of the images ``names`` would take by file name or stem (ambiguous)."""
@@ -310,6 +319,8 @@ def _load_yolo(folder: Path) -> PromptSource:
 
 class YoloSource(PromptSource):
     """YOLO label files are named after the image without its suffix."""
+
+    keys_without_suffix = True
 
     def key_for(self, name: str) -> str | None:
         stem = _without_suffix(name)

@@ -80,6 +80,7 @@ class RedisCache(EmbeddingCache):
         except ValueError as exc:
             raise InvalidInputError(f"invalid Redis URL {url!r}: {exc}") from None
         self._failures = (redis.RedisError, OSError)
+        self._unanswered = (redis.ConnectionError, redis.TimeoutError, OSError)  # what the back-off is for
         self.url = url
         self.ttl_seconds = ttl_seconds
         self.prefix = prefix
@@ -108,7 +109,7 @@ class RedisCache(EmbeddingCache):
         server did not answer, so calls are skipped for ``retry_after_seconds``."""
         now = time.monotonic()
         with self._lock:
-            if down:
+            if down and isinstance(exc, self._unanswered):  # not an answer such as WRONGTYPE or OOM on one key
                 self._down_until = now + self.retry_after_seconds
             self._errors += 1
             if miss:

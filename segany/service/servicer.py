@@ -190,18 +190,25 @@ class SeganyServicer(pb_grpc.SeganyServicer):
                 await out.put(await self._stream_one(req))
             del running[object_id]
 
+        admitting: list[pb.SegmentStreamRequest] = []  # read, waiting for a slot (answered even at shutdown)
+
         async def read_requests() -> None:
             async for req in request_iterator:
-                older = pending.get(req.object_id)
+                oid = req.object_id
+                if oid not in running:
+                    admitting.append(req)
+                    while len(running) >= STREAM_OBJECTS_IN_FLIGHT:
+                        await asyncio.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
+                    admitting.clear()
+                # No wait from here to the replacement: the older request cannot start meanwhile.
+                older = pending.get(oid)
+                pending[oid] = req
+                if oid not in running:
+                    running[oid] = loop.create_task(work(oid))
                 if older is not None:
                     self.metrics.superseded.inc()
                     await out.put(pb.SegmentStreamResponse(
                         object_id=older.object_id, sequence=older.sequence, superseded=True))
-                pending[req.object_id] = req
-                if req.object_id not in running:
-                    while len(running) >= STREAM_OBJECTS_IN_FLIGHT:
-                        await asyncio.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
-                    running[req.object_id] = loop.create_task(work(req.object_id))
 
         async def read() -> None:
             reading = loop.create_task(read_requests())
@@ -216,6 +223,8 @@ class SeganyServicer(pb_grpc.SeganyServicer):
                     reading.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await reading
+                    for req in admitting:  # read but never started: refused like the ones that start now
+                        await out.put(await self._stream_one(req))
                 else:
                     reading.result()  # a broken request stream ends the call with its error
                 while running:

@@ -62,6 +62,16 @@ def test_prompts_for_one_folder_are_not_given_to_a_same_named_image_in_another()
     assert source.shared_keys(["a/y.png", "b/y.png", "s1/x.png"]) == {"y.png": ["a/y.png", "b/y.png"]}
 
 
+def test_yolo_labels_match_images_with_dots_in_their_names():
+    from segany.annotate.sources import YoloSource
+
+    source = YoloSource([], {"train/frame.0001": ["f"], "cat_jpg.rf.3f2a": ["c"]})
+    assert source.prompts_for("train/frame.0001.jpg") == ["f"]
+    assert source.prompts_for("images/train/frame.0001.jpg") == ["f"]  # another root above the same folders
+    assert source.prompts_for("val/frame.0001.jpg") is None  # another folder
+    assert source.prompts_for("cat_jpg.rf.3f2a.jpg") == ["c"]
+
+
 def test_an_ambiguous_prompt_entry_is_refused(run_cli, tmp_path, tiny_checkpoint):
     images = tmp_path / "images"
     write_images(images, {"s1/x.png": (32, 32), "s2/x.png": (32, 32)})

@@ -207,6 +207,15 @@ def test_a_hung_redis_costs_one_timeout_per_interval():
         _stop(process)
 
 
+def test_an_error_answer_does_not_stop_the_tier(redis_url, raw):
+    """WRONGTYPE on one key (another program's) or OOM on a put is an answer: the other keys keep working."""
+    cache = RedisCache(redis_url, retry_after_seconds=5.0)
+    cache.put(key_of(1), make_embedding(1))
+    raw.lpush("segany:emb:" + key_of(2), "a list")
+    assert cache.get(key_of(2)) is None and cache.stats().errors == 1
+    assert_same_embedding(cache.get(key_of(1)), make_embedding(1))  # not skipped
+
+
 def test_clicks_on_images_in_memory_do_not_wait_on_a_hung_redis(tiny_model):
     import asyncio
 

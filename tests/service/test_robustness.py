@@ -222,3 +222,95 @@ def test_segany_serve_exits_3_when_the_model_cannot_warm_up(tiny_model, monkeypa
     from segany.cli.main import exit_code_for
 
     assert exit_code_for(UnavailableError("x")) == 3
+
+
+def test_a_superseded_request_is_never_also_answered():
+    """With the reply queue full, replacing a pending request must not let its worker start it meanwhile."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from segany.service.servicer import SeganyServicer
+
+    async def main():
+        s = SeganyServicer.__new__(SeganyServicer)
+        s.engine, s.warm_up_error, s._closing = SimpleNamespace(ready=True), None, asyncio.Event()
+        s.metrics = SimpleNamespace(superseded=SimpleNamespace(inc=lambda: None))
+        gate = asyncio.Event()
+
+        async def stream_one(req):  # sequence 0 is a slow decode; the others answer at once
+            if req.sequence == 0:
+                await gate.wait()
+            return pb.SegmentStreamResponse(object_id=req.object_id, sequence=req.sequence)
+
+        s._stream_one = stream_one
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        async def requests():
+            while (req := await inbox.get()) is not None:
+                yield req
+
+        def send(oid, seq):
+            inbox.put_nowait(pb.SegmentStreamRequest(object_id=oid, sequence=seq))
+
+        stream = s.SegmentStream(requests(), SimpleNamespace())
+        send("a", 0)
+        first = asyncio.ensure_future(stream.__anext__())  # one reply read, then the client stops reading
+        for i in range(1, STREAM_REPLY_BUFFER + 2):  # other objects fill the reply queue
+            send(f"o{i}", i)
+        await asyncio.sleep(0.1)
+        replies = [await first]
+        seq = STREAM_REPLY_BUFFER + 2
+        send("a", seq)  # pending behind a's held decode
+        await asyncio.sleep(0.1)
+        gate.set()  # a's decode ends; its reply waits on the full queue
+        await asyncio.sleep(0.1)
+        send("a", seq + 1)  # supersedes `seq`
+        await asyncio.sleep(0.1)
+        inbox.put_nowait(None)
+        replies += [r async for r in stream]
+        return Counter(r.sequence for r in replies), {r.sequence for r in replies if r.superseded}
+
+    per_sequence, superseded = asyncio.run(main())
+    assert all(n == 1 for n in per_sequence.values()), per_sequence
+    assert superseded == {STREAM_REPLY_BUFFER + 2} and len(per_sequence) == STREAM_REPLY_BUFFER + 4
+
+
+def test_shutdown_answers_a_request_that_was_waiting_for_a_slot(tiny_model):
+    srv = ServerThread(tiny_model).start()
+
+    async def slow_one(req):
+        await asyncio.sleep(1.0)
+        return pb.SegmentStreamResponse(object_id=req.object_id, sequence=req.sequence)
+
+    srv.service.servicer._stream_one = slow_one
+    n = STREAM_OBJECTS_IN_FLIGHT + 1
+    keep_open = threading.Event()
+
+    def requests():
+        for i in range(n):
+            yield pb.SegmentStreamRequest(object_id=f"o{i}", sequence=i)
+        keep_open.wait(20)
+
+    channel, stub = _stub(srv)
+    replies = stub.SegmentStream(requests(), timeout=30)
+    seen, outcome = [], {}
+
+    def reader():
+        try:
+            for reply in replies:
+                seen.append(reply.sequence)
+        except grpc.RpcError as exc:
+            outcome["code"] = exc.code()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        time.sleep(0.5)  # 16 decoding, the 17th read and waiting for a slot
+        srv.run(srv.service.stop(10))
+        thread.join(10)
+    finally:
+        keep_open.set()
+        channel.close()
+        srv.loop.call_soon_threadsafe(srv.loop.stop)
+        srv.thread.join(10)
+    assert sorted(seen) == list(range(n)) and outcome["code"] == grpc.StatusCode.UNAVAILABLE
