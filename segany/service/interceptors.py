@@ -66,7 +66,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary_unary(raw, context):
-                token_id, token_st, start = await self._begin(context)
+                begun = await self._begin(context)
                 error = None
                 try:
                     request = _parse(parse, raw, method)
@@ -77,7 +77,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     error = exc
                     raise
                 finally:
-                    self._end(method, context, error, start, token_id, token_st)
+                    self._end(method, context, error, begun)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
@@ -95,7 +95,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     yield request
 
             async def stream_stream(raw_iterator, context):
-                token_id, token_st, start = await self._begin(context)
+                begun = await self._begin(context)
                 error = None
                 try:
                     async for response in inner_stream(parsed(raw_iterator), context):
@@ -104,7 +104,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     error = exc
                     raise
                 finally:
-                    self._end(method, context, error, start, token_id, token_st)
+                    self._end(method, context, error, begun)
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream,
@@ -114,12 +114,24 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     async def _begin(self, context):
-        tokens = begin_call(context)
+        """The call's bookkeeping, plus what ``_end`` needs from the context while the call is live: its peer and
+        its deadline."""
+        state = begin_call(context)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        peer = context.peer()
         await context.send_initial_metadata(((REQUEST_ID_KEY, REQUEST_ID.get()),))
-        return tokens
+        return state, peer, deadline
 
-    def _end(self, method, context, error, start, token_id, token_st) -> None:
-        end_call(self.metrics, method, code_name(context, error), (token_id, token_st, start), context.peer())
+    def _end(self, method, context, error, begun) -> None:
+        state, peer, deadline = begun
+        if isinstance(error, (GeneratorExit, asyncio.CancelledError)):
+            # The call is over (the client left, or its deadline passed) and its context may be torn down: touching
+            # it here crashed the process when a client cancelled a stream. Decide from what was kept.
+            code = "DEADLINE_EXCEEDED" if deadline is not None and time.monotonic() >= deadline else "CANCELLED"
+        else:
+            code = code_name(context, error)
+        end_call(self.metrics, method, code, state, peer)
 
 
 def _parse(deserializer, raw: bytes, method: str):

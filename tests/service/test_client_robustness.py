@@ -73,8 +73,11 @@ def test_leaving_an_async_stream_early_ends_the_call(server):
             await asyncio.sleep(0.5)
             return at_close, len(pulled)
 
+    cancelled = server.service.metrics.requests.value(method="SegmentStream", code="CANCELLED")
     at_close, later = asyncio.run(main())
     assert later <= at_close + 1, (at_close, later)  # no more requests are pulled once the caller has left
+    # the server saw a cancelled call (and survived it: its bookkeeping no longer touches the ended call's context)
+    assert server.service.metrics.requests.value(method="SegmentStream", code="CANCELLED") == cancelled + 1
 
 
 def test_images_the_client_cannot_send_are_typed_errors(server, tmp_path):
