@@ -199,6 +199,11 @@ def test_models_cli_lists_variants(capsys, server):
     for name in ("segany-lite", "vit_b", "vit_l", "vit_h", "vit_t"):
         assert name in out
     assert "sam_vit_b_01ec64.pth" in out
+    widths = {line.index(" yes ") if " yes " in line else line.index(" no ")
+              for line in out.splitlines()[1:] if line[:1].strip()}
+    assert len(widths) == 1  # the local column lines up whatever the size (vit_h: 2.39 GiB)
+    assert cli_main(["models", "list", "vit_b"]) == 2  # a name only goes with download
+    assert "segany models download vit_b" in capsys.readouterr().err
 
 
 def test_models_cli_download_error_exit_code(capsys, server):

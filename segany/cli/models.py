@@ -21,10 +21,19 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInputError("segany models download needs a variant name, e.g. vit_b")
         print(zoo.resolve_checkpoint(args.name))
         return 0
+    if args.name:
+        raise InvalidInputError(f"segany models list takes no name (got {args.name!r}); to fetch one: "
+                                f"segany models download {args.name}")
     rows = zoo.listing()
-    print(f"{'name':<12} {'size':>9}  {'local':<5}  description / source")
+    print(f"{'name':<12} {'size':>10}  {'local':<5}  description / source")
     for r in rows:
-        size = f"{r['size_bytes'] / 2**20:.1f} MiB" if r["size_bytes"] else "?"
-        print(f"{r['name']:<12} {size:>9}  {'yes' if r['local'] else 'no':<5}  {r['description']}")
-        print(f"{'':<12} {'':>9}  {'':<5}  {r['local'] or r['source']}")
+        size = _size(r["size_bytes"])
+        print(f"{r['name']:<12} {size:>10}  {'yes' if r['local'] else 'no':<5}  {r['description']}")
+        print(f"{'':<12} {'':>10}  {'':<5}  {r['local'] or r['source']}")
     return 0
+
+
+def _size(size_bytes: int | None) -> str:
+    if not size_bytes:
+        return "?"
+    return f"{size_bytes / 2**30:.2f} GiB" if size_bytes >= 2**30 else f"{size_bytes / 2**20:.1f} MiB"
