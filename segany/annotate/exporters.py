@@ -18,12 +18,13 @@ Conventions:
 from __future__ import annotations
 
 import json
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from segany.annotate.inputs import name_stem
 from segany.annotate.journal import atomic_write
 from segany.annotate.sources import Category
 from segany.masks import decode_rle, encode_index_png, encode_png, mask_to_polygons
@@ -51,11 +52,6 @@ def make_record(name: str, size: tuple[int, int], objects: list[dict]) -> dict:
             entry["extra"] = obj["extra"]
         out.append(entry)
     return {"name": name, "height": int(size[0]), "width": int(size[1]), "objects": out}
-
-
-def output_stem(name: str) -> str:
-    """The image's name without its suffix: the base of its per-image output paths."""
-    return PurePosixPath(name).with_suffix("").as_posix()
 
 
 class Exporter:
@@ -100,7 +96,7 @@ class Exporter:
         if self.polygons:
             for obj, mask in zip(record["objects"], masks):
                 obj["polygons"] = polygons_with_holes(mask)
-        stem = output_stem(record["name"])
+        stem = name_stem(record["name"])
         if "yolo" in self.formats:
             lines = [yolo_line(self.categories[o["category"]].yolo_index, m) for o, m in zip(record["objects"], masks)]
             text = "".join(line + "\n" for line in lines if line)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from segany.errors import InvalidInputError
 
@@ -23,6 +23,12 @@ class ImageItem:
 
     path: Path
     name: str
+
+
+def name_stem(name: str) -> str:
+    """An image's name without its suffix: the base of its per-image output paths, and what YOLO label files and
+    prompt entries without a suffix are matched by."""
+    return PurePosixPath(name).with_suffix("").as_posix()
 
 
 def is_image_file(path: Path) -> bool:

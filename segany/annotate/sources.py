@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from segany.annotate.inputs import name_stem
 from segany.errors import InvalidInputError
 
 log = logging.getLogger("segany.annotate")
@@ -108,7 +109,7 @@ class PromptSource:
         if name in self.by_name:
             return name
         p = PurePosixPath(name)
-        for table, key, whole in ((self._by_file, p.name, name), (self._by_stem, p.stem, _without_suffix(name))):
+        for table, key, whole in ((self._by_file, p.name, name), (self._by_stem, p.stem, name_stem(name))):
             hits = [k for k in table.get(key, []) if _same_place(self._key_path(k, table is self._by_stem), whole)]
             if len(hits) == 1:
                 return hits[0]
@@ -116,7 +117,7 @@ class PromptSource:
 
     def _key_path(self, key: str, as_stem: bool) -> str:
         """``key`` as the path it is compared with: without its suffix when matched by stem."""
-        return _without_suffix(key) if as_stem and not self.keys_without_suffix else key
+        return name_stem(key) if as_stem and not self.keys_without_suffix else key
 
     def shared_keys(self, names: list[str]) -> dict[str, list[str]]:
         """Entries that more than one of the images ``names`` would take by file name or stem (ambiguous)."""
@@ -126,10 +127,6 @@ class PromptSource:
             if key is not None and key != name:
                 takers.setdefault(key, []).append(name)
         return {key: found for key, found in takers.items() if len(found) > 1}
-
-
-def _without_suffix(name: str) -> str:
-    return PurePosixPath(name).with_suffix("").as_posix()
 
 
 def _same_place(key: str, name: str) -> bool:
@@ -323,7 +320,7 @@ class YoloSource(PromptSource):
     keys_without_suffix = True
 
     def key_for(self, name: str) -> str | None:
-        stem = _without_suffix(name)
+        stem = name_stem(name)
         return stem if stem in self.by_name else super().key_for(name)
 
 

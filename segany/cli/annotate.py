@@ -194,11 +194,11 @@ def run_annotate(args: argparse.Namespace) -> int:
 def _refuse_shared_output_names(names: list[str]) -> None:
     """Per-image outputs are named after the image without its suffix: ``a.png`` and ``a.jpg`` would overwrite each
     other's label and mask files."""
-    from segany.annotate.exporters import output_stem
+    from segany.annotate.inputs import name_stem
 
     seen: dict[str, str] = {}
     for name in names:
-        stem = output_stem(name)
+        stem = name_stem(name)
         if stem in seen:
             raise InvalidInputError(f"{seen[stem]} and {name} would write the same per-image outputs ({stem}.*): "
                                     "rename one, or label them in separate runs")
