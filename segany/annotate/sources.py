@@ -189,15 +189,14 @@ def _load_jsonl(path: Path) -> PromptSource:
                 raise InvalidInputError(f'{where}: each line must be an object with "image": "<name>"')
             objects = entry.get("prompts", entry.get("objects"))
             inline = [k for k in _OBJECT_KEYS if k in entry]
-            if objects is None:  # one object per line: the line is the object (its keys checked with it)
-                objects = [{k: v for k, v in entry.items() if k != "image"}] if inline else []
-                if not inline:
-                    _warn_unknown(entry, _ENTRY_KEYS, where)
-            elif inline:
+            if inline and objects is not None:
                 raise InvalidInputError(f'{where}: {", ".join(inline)} beside "prompts" would be ignored: put each '
                                         'object\'s box/points inside "prompts"')
+            if inline:  # one object per line: the line is the object (its keys checked with it)
+                objects = [{k: v for k, v in entry.items() if k != "image"}]
             else:
                 _warn_unknown(entry, _ENTRY_KEYS, where)
+                objects = [] if objects is None else objects
             if not isinstance(objects, list):
                 raise InvalidInputError(f'{where}: "prompts" must be a list of objects')
             prompts = by_name.setdefault(_normalize(entry["image"]), [])
