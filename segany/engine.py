@@ -190,6 +190,8 @@ class Engine:
         self.ready = False
         self._closed = False
         self._inline_cache = isinstance(cache, MemoryCache)
+        # memory first, slower tiers behind it: the memory tier is read and written on the event loop
+        self._memory_first = isinstance(cache, TieredCache) and isinstance(cache.tiers[0], MemoryCache)
         self._masks = MaskStore(self.settings.mask_store_bytes)
         self._jobs: dict[str, _EncodeJob] = {}
         self._queue: deque[_EncodeJob] = deque()
@@ -542,7 +544,7 @@ class Engine:
         if self._inline_cache:
             return self.cache.get(key)
         loop = asyncio.get_running_loop()
-        if isinstance(self.cache, TieredCache) and isinstance(self.cache.tiers[0], MemoryCache):
+        if self._memory_first:
             hit = self.cache.get_first(key)
             return hit if hit is not None else await loop.run_in_executor(self._tier_pool, self.cache.get_rest, key)
         return await loop.run_in_executor(self._tier_pool, self.cache.get, key)
@@ -554,7 +556,7 @@ class Engine:
             self.cache.put(key, embedding)
             return
         loop = asyncio.get_running_loop()
-        if isinstance(self.cache, TieredCache) and isinstance(self.cache.tiers[0], MemoryCache):
+        if self._memory_first:
             self.cache.put_first(key, embedding)
             await loop.run_in_executor(self._tier_pool, self.cache.put_rest, key, embedding)
         else:
