@@ -104,12 +104,13 @@ class RedisCache(EmbeddingCache):
             self._misses += miss
         return True
 
-    def _failed(self, operation: str, exc: BaseException, miss: bool = False, down: bool = True) -> None:
-        """Count a failure; log it unless one was logged less than ``LOG_INTERVAL_SECONDS`` ago. ``down``: the
-        server did not answer, so calls are skipped for ``retry_after_seconds``."""
+    def _failed(self, operation: str, exc: BaseException, miss: bool = False) -> None:
+        """Count a failure; log it unless one was logged less than ``LOG_INTERVAL_SECONDS`` ago. When the server did
+        not answer (not an answer such as WRONGTYPE, OOM or a corrupt value), calls are skipped for
+        ``retry_after_seconds``."""
         now = time.monotonic()
         with self._lock:
-            if down and isinstance(exc, self._unanswered):  # not an answer such as WRONGTYPE or OOM on one key
+            if isinstance(exc, self._unanswered):
                 self._down_until = now + self.retry_after_seconds
             self._errors += 1
             if miss:
@@ -140,7 +141,7 @@ class RedisCache(EmbeddingCache):
         try:
             embedding = ImageEmbedding.from_bytes(blob)
         except InvalidInputError as exc:
-            self._failed("get (corrupt value, deleted)", exc, miss=True, down=False)
+            self._failed("get (corrupt value, deleted)", exc, miss=True)
             try:
                 self._client.delete(name)
             except self._failures:
