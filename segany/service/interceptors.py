@@ -69,7 +69,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 begun = await self._begin(context)
                 error = None
                 try:
-                    request = _parse(parse, raw, method)
+                    request = _parse(parse, raw)
                     if request is None:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _unparsable(method))
                     return await inner(request, context)
@@ -89,7 +89,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
             async def parsed(raw_iterator):
                 async for raw in raw_iterator:
-                    request = _parse(parse, raw, method)
+                    request = _parse(parse, raw)
                     if request is None:  # the servicer ends the stream with it (INVALID_ARGUMENT)
                         raise InvalidInputError(_unparsable(method))
                     yield request
@@ -134,7 +134,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         end_call(self.metrics, method, code, state, peer)
 
 
-def _parse(deserializer, raw: bytes, method: str):
+def _parse(deserializer, raw: bytes):
     """The request message, or None when ``raw`` is not one (truncated, corrupt, a string that is not UTF-8)."""
     if deserializer is None:
         return raw
