@@ -18,7 +18,9 @@ public graph pays for them (segany's graph flushes them, see ``segany.modeling.f
    machine hits every column alike. Reported: median wall time, the minimum (the least-disturbed run) and the
    median CPU time of a 1-thread session (work done, insensitive to other processes on the machine).
 2. 16 boxes: segany's batched decoder (one run, single mask per box, upsampled in the graph, and low-res only)
-   vs 16 runs of the public single-mask decoder.
+   vs 16 runs of the public single-mask decoder. No box has a mask input, so the batched runs send one
+   ``mask_input`` [1,1,256,256] and ``has_mask_input`` [0] for all (the graph's fast form); one row sends a zero
+   mask input per box, [16,1,256,256], for comparison.
 3. int8 (dynamic, weights) decoder mask IoU vs fp32 on ``segany.load_model()`` (the shipped model) when its weights
    are in the package, else random ``test-tiny`` (stated in the table).
 4. fp16 embedding container bytes per image.
@@ -127,10 +129,13 @@ def _speed_rows(tag: str, paths: dict[str, Path], embedding: np.ndarray, threads
         "image_embeddings": embedding,
         "point_coords": boxes_to_input(boxes, SIZE).reshape(n_boxes, 2, 2).astype(np.float32),
         "point_labels": np.tile(np.array([[2, 3]], np.float32), (n_boxes, 1)),
-        "mask_input": np.zeros((n_boxes, 1, 256, 256), np.float32),
-        "has_mask_input": np.zeros(n_boxes, np.float32),
+        # no mask inputs: one (zero) mask_input and has_mask_input [0] for all boxes, the batched graph's fast form
+        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
         "orig_im_size": np.array(SIZE, np.float32),
     }
+    each_feeds = dict(batch_feeds, mask_input=np.zeros((n_boxes, 1, 256, 256), np.float32))
+    each_feeds["has_mask_input"] = np.zeros(n_boxes, np.float32)
     low_feeds = {k: v for k, v in batch_feeds.items() if k != "orig_im_size"}
     public_box_feeds = [public_feeds(embedding, SIZE, box=b) for b in boxes]
     batched = _session(paths["batched"], threads)
@@ -142,6 +147,7 @@ def _speed_rows(tag: str, paths: dict[str, Path], embedding: np.ndarray, threads
         {
             "public x16": lambda: [pub.run(None, f) for f in public_box_feeds],
             "batched": lambda: batched.run(None, batch_feeds),
+            "batched each": lambda: batched.run(None, each_feeds),
             "batched low-res": lambda: batched_low.run(None, low_feeds),
             "batched int8": lambda: batched_q.run(None, batch_feeds),
         },
@@ -155,6 +161,7 @@ def _speed_rows(tag: str, paths: dict[str, Path], embedding: np.ndarray, threads
     for n, label in [
         ("public x16", f"{tag}: 16 boxes, 16 runs of the public single-mask decoder"),
         ("batched", f"{tag}: 16 boxes, segany batched decoder, one run, masks at {h}x{w}"),
+        ("batched each", f"{tag}: the same with a (zero) mask_input per box, [16,1,256,256]"),
         ("batched low-res", f"{tag}: 16 boxes, segany batched decoder, one run, 256x256 logits"),
         ("batched int8", f"{tag}: 16 boxes, segany batched decoder, dynamic int8, one run, masks at {h}x{w}"),
     ]:

@@ -10,9 +10,11 @@ Two decoder graphs, built from the same torch modules the predictor runs (no sec
   there is no box. Multimask returns all four tokens; single-mask picks the best of tokens 1..3 when N <= 2,
   else token 0.
 - ``BatchedDecoder``: a prompt-batch axis B: ``point_coords`` [B,N,2], ``point_labels`` [B,N], ``mask_input``
-  [B,1,256,256], ``has_mask_input`` [B]; outputs ``iou_predictions`` [B,M], ``low_res_masks`` [B,M,256,256] and,
-  when exported with ``upsample=True``, ``masks`` [B,M,H,W] (then ``orig_im_size`` is an input; the low-res-only
-  graph has no ``orig_im_size``). M is 3 (multimask) or 1 (token 0, as the predictor).
+  [B,1,256,256] and ``has_mask_input`` [B], or [1,1,256,256] and [1] for one mask input (or none) shared by all
+  prompts: then the first layer's image-side work is shared too, the fast form when no prompt has a mask input;
+  outputs ``iou_predictions`` [B,M], ``low_res_masks`` [B,M,256,256] and, when exported with ``upsample=True``,
+  ``masks`` [B,M,H,W] (then ``orig_im_size`` is an input; the low-res-only graph has no ``orig_im_size``). M is 3
+  (multimask) or 1 (token 0, as the predictor).
 
 The crop to the resized image size is tensor slicing computed in the graph from ``orig_im_size``, so one export
 serves every aspect ratio. The dense positional encoding is computed in the graph (about a millisecond) rather
@@ -238,8 +240,8 @@ def export_decoder(
         dynamic = {
             "point_coords": {0: "num_prompts", 1: "num_points"},
             "point_labels": {0: "num_prompts", 1: "num_points"},
-            "mask_input": {0: "num_prompts"},
-            "has_mask_input": {0: "num_prompts"},
+            "mask_input": {0: "num_mask_inputs"},  # num_prompts, or 1: one mask input (or none) for all
+            "has_mask_input": {0: "num_mask_inputs"},
             "iou_predictions": {0: "num_prompts"},
             "low_res_masks": {0: "num_prompts"},
             "masks": {0: "num_prompts", 2: "height", 3: "width"},

@@ -134,6 +134,43 @@ def test_batched_decoder_matches_predict_batch(predictor, embeddings, exported):
     np.testing.assert_allclose(low3, np.stack([r.low_res_logits for r in ref3]), atol=ATOL)
 
 
+def test_batched_decoder_takes_one_mask_input_for_all_prompts(predictor, embeddings, exported):
+    """``mask_input`` / ``has_mask_input`` with batch 1 apply to every prompt (the fast form when no prompt has a
+    mask input: the first layer's image-side work is then shared); batch B gives each prompt its own."""
+    size = (480, 640)
+    emb = embeddings[size]
+    boxes = np.array([[10, 20, 300, 400], [100, 50, 600, 470], [200, 100, 260, 180]], float)
+    n = len(boxes)
+    low = predictor.predict(emb, points=[[320, 240]], labels=[1]).low_res_logits[0]
+    base = {
+        "image_embeddings": emb.image_embeddings.numpy(),
+        "point_coords": boxes_to_input(boxes, size).reshape(n, 2, 2).astype(np.float32),
+        "point_labels": np.tile(np.array([[2, 3]], np.float32), (n, 1)),
+        "orig_im_size": np.array(size, np.float32),
+    }
+    none_each = dict(base, mask_input=np.zeros((n, 1, 256, 256), np.float32), has_mask_input=np.zeros(n, np.float32))
+    none_shared = dict(base, mask_input=np.zeros((1, 1, 256, 256), np.float32), has_mask_input=np.zeros(1, np.float32))
+    for a, b in zip(exported["batched"].run(None, none_each), exported["batched"].run(None, none_shared)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+    def reference(masks):
+        prompts = [segany.prompts.make_prompt(size, box=b, mask_input=m) for b, m in zip(boxes, masks)]
+        return predictor.predict_prompts(emb, prompts, multimask=False, return_logits=True)
+
+    shared = dict(base, mask_input=low[None, None].astype(np.float32), has_mask_input=np.ones(1, np.float32))
+    mixed = dict(  # prompt 1 has a mask input, prompts 0 and 2 do not
+        base,
+        mask_input=np.stack([np.zeros_like(low), low, np.full_like(low, 7.0)])[:, None].astype(np.float32),
+        has_mask_input=np.array([0, 1, 0], np.float32),
+    )
+    for feeds, masks in ((shared, [low] * n), (mixed, [None, low, None])):
+        iou, low_res, full = exported["batched"].run(None, feeds)
+        for i, ref in enumerate(reference(masks)):
+            np.testing.assert_allclose(low_res[i], ref.low_res_logits, atol=ATOL)
+            np.testing.assert_allclose(iou[i], ref.scores, atol=ATOL)
+            _same_masks(full[i], ref.masks)
+
+
 def test_quantized_decoder_reports_iou(tmp_path, predictor, embeddings):
     path = tmp_path / "q.onnx"
     report = export_decoder(predictor.model, path, multimask=False, quantize=True)

@@ -423,7 +423,9 @@ def decode_in_chunks(
     batch = sparse.shape[0]
     # The fast decoder is not bit-exact anyway and runs its own passes (fast_decoder.PROMPTS_PER_PASS).
     if batch < 2 * chunk or isinstance(decoder, FastMaskDecoder):
-        low_res, iou = decoder(image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+        # no mask inputs: one dense embedding for all prompts (the fast decoder then shares its first layer's
+        # image-side work; the plain one broadcasts it, the same values)
+        low_res, iou = decoder(image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense[:1], multimask)
         return (pixel_major_to_raster(low_res, *image_embeddings.shape[-2:]) if pixel_major else low_res), iou
     # Chunks of `chunk` prompts, the remainder joining the last one: no pass runs fewer than `chunk` prompts.
     starts = list(range(0, batch - batch % chunk, chunk))
