@@ -40,6 +40,7 @@ def exported(tmp_path_factory, predictor):
         "single": export_decoder(model, folder / "single.onnx").path,
         "multi": export_decoder(model, folder / "multi.onnx", multimask=True).path,
         "batched": export_decoder(model, folder / "batched.onnx", batched=True).path,
+        "batched_multi": export_decoder(model, folder / "bmu.onnx", batched=True, multimask=True).path,
         "batched_multi_lowres": export_decoder(
             model, folder / "bm.onnx", batched=True, multimask=True, upsample=False
         ).path,
@@ -132,6 +133,13 @@ def test_batched_decoder_matches_predict_batch(predictor, embeddings, exported):
     assert low3.shape == (n, 3, 256, 256)
     ref3 = predictor.predict_prompts(emb, [segany.prompts.make_prompt(size, box=b) for b in boxes], multimask=True)
     np.testing.assert_allclose(low3, np.stack([r.low_res_logits for r in ref3]), atol=ATOL)
+    # upsampled B x M planes come back in (prompt, mask) order
+    feeds["orig_im_size"] = np.array(size, np.float32)
+    _, _, masks3 = exported["batched_multi"].run(None, feeds)
+    assert masks3.shape == (n, 3, *size)
+    for i in range(n):
+        full = predictor.predict_prompts(emb, [segany.prompts.make_prompt(size, box=boxes[i])], return_logits=True)
+        _same_masks(masks3[i], full[0].masks)
 
 
 def test_batched_decoder_takes_one_mask_input_for_all_prompts(predictor, embeddings, exported):
