@@ -11,7 +11,8 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("SEGANY_TEST_THREADS", "2")))
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+#: Key lists of the released checkpoints (tests/data/reference/README.md), in the repository so CI checks them.
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
 
 
 def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -10,13 +10,11 @@ import torch
 import segany
 from segany.errors import CheckpointError, UnknownModelError
 from segany.models import VARIANTS, _expected_shapes, detect_variant, fingerprint_state_dict, load_checkpoint
-from tests.conftest import SHARED
+from tests.conftest import REFERENCE
 
 
 def _reference_keys(name: str) -> dict[str, tuple[int, ...]]:
-    path = SHARED / "reference" / name
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
+    path = REFERENCE / name
     keys = {}
     for line in path.read_text().splitlines():
         key, shape, _ = line.split("\t")

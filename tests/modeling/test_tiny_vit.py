@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 import torch
 
 from segany.modeling.tiny_vit import TinyViT, WindowAttention
+from tests.conftest import REFERENCE
 
-KEYS_FILE = Path(__file__).parents[2].parent / "shared/reference/keys_vit_t.txt"
+KEYS_FILE = REFERENCE / "keys_vit_t.txt"
 # The released checkpoint carries an unused ImageNet classifier; the loader drops it on purpose.
 CLASSIFIER_PREFIXES = ("norm_head.", "head.")
 SDPA_ATOL = 1e-4  # fp32: SDPA and the plain path differ only in summation order
@@ -54,8 +54,6 @@ def encoder() -> TinyViT:
 
 
 def test_state_dict_matches_released_checkpoint_keys() -> None:
-    if not KEYS_FILE.exists():
-        pytest.skip(f"reference key list {KEYS_FILE} is absent (it lives in the shared reference folder)")
     expected = {}
     for line in KEYS_FILE.read_text().splitlines():
         key, shape, _dtype = line.split("\t")
