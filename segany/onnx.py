@@ -33,6 +33,8 @@ reads source rows <= ceil(h / 4) for output rows < h, so the crop changes no val
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,7 +204,13 @@ def _example_feeds(model: Sam, batch: int | None, points: int = 3) -> dict[str, 
 def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    with torch.no_grad():
+    # The tracer warns about every shape it records as a constant; the graphs are built so that those are fixed (the
+    # embedding grid, the model's input size), and tests/test_onnx.py runs them at other batch sizes, point counts
+    # and image sizes. The warnings would only be noise to someone running `segany export`.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # the single-mask pick indexes with arange/argmax, never with negative indices
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
         torch.onnx.export(
             module,
             args,
@@ -289,10 +297,16 @@ def quantize_int8(source: Path, dest: Path, only: tuple[str, ...] = ()) -> None:
     chosen = [n.name for n in onnx.load(str(source)).graph.node if any(k in n.name for k in only)] if only else None
     if only and not chosen:
         raise ValueError(f"no node of {source} matches {only}")
-    quantize_dynamic(
-        str(source), str(dest), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_quantize=chosen,
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic warns on the root logger to run its pre-processing; not needed here
+    try:
+        quantize_dynamic(
+            str(source), str(dest), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+            nodes_to_quantize=chosen,
+        )
+    finally:
+        root.setLevel(level)
 
 
 def session(path: str | Path, threads: int | None = None):
