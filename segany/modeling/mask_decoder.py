@@ -52,7 +52,7 @@ class MaskDecoder(nn.Module):
             image_embeddings: (1 or B, C, h, w); batch 1 is shared by all B prompts.
             image_pe: (1, C, h, w) dense positional encoding.
             sparse_prompt_embeddings: (B, K, C).
-            dense_prompt_embeddings: (B, C, h, w).
+            dense_prompt_embeddings: (1 or B, C, h, w); batch 1 is shared (e.g. no prompt has a mask input).
             multimask_output: return tokens 1..3 (True) or token 0 (False).
         Returns:
             low_res_logits (B, M, 4h, 4w) and iou_predictions (B, M), M = 3 or 1.
