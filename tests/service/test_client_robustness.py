@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,28 @@ def test_leaving_an_async_stream_early_ends_the_call(server):
             await asyncio.sleep(0.5)
             return at_close, len(pulled)
 
-    cancelled = server.service.metrics.requests.value(method="SegmentStream", code="CANCELLED")
+    def cancelled_calls() -> float:
+        return server.service.metrics.requests.value(method="SegmentStream", code="CANCELLED")
+
+    before = _settled(cancelled_calls)  # a stream an earlier test left may still be ending on the shared server
     at_close, later = asyncio.run(main())
     assert later <= at_close + 1, (at_close, later)  # no more requests are pulled once the caller has left
     # the server saw a cancelled call (and survived it: its bookkeeping no longer touches the ended call's context)
-    assert server.service.metrics.requests.value(method="SegmentStream", code="CANCELLED") == cancelled + 1
+    assert _settled(cancelled_calls) == before + 1
+
+
+def _settled(read, quiet: float = 0.3, timeout: float = 10.0):
+    """``read()`` once it has kept its value for ``quiet`` seconds (the server records an ended call after its end)."""
+    deadline = time.monotonic() + timeout
+    value, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return value
 
 
 def test_images_the_client_cannot_send_are_typed_errors(server, tmp_path):
