@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -34,8 +36,10 @@ _BYTE_FIELDS = {
 
 
 def default_decoder_onnx_provider(model: Any) -> bytes | None:
-    """Export the decoder with :mod:`segany.onnx` (when that module exists) into memory.
+    """Export the decoder with :mod:`segany.onnx` (when that module exists) into memory, once per model.
 
+    gRPC ``GetDecoderOnnx`` and the HTTP demo's ``/decoder.onnx`` both call this for the served model: the first
+    call exports (a few seconds), a concurrent one waits for it, later ones get the same bytes.
     Raises NotImplementedError when this installation has no ONNX export (the service answers UNIMPLEMENTED).
     """
     import tempfile
@@ -47,10 +51,20 @@ def default_decoder_onnx_provider(model: Any) -> bytes | None:
         raise NotImplementedError(
             f"this server cannot export the ONNX decoder ({exc}); install segany[export] or run `segany export`"
         ) from None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "decoder.onnx"
-        export_decoder(_decoder_only_copy(model), path, multimask=True)
-        return path.read_bytes()
+    with _EXPORT_LOCK:
+        data = _EXPORTED.get(model)
+        if data is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "decoder.onnx"
+                export_decoder(_decoder_only_copy(model), path, multimask=True)
+                data = _EXPORTED[model] = path.read_bytes()
+        return data
+
+
+#: Decoder exports by model (weak keys: a model that is dropped takes its bytes along), and the lock that makes
+#: callers for the same model share one export.
+_EXPORTED: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+_EXPORT_LOCK = threading.Lock()
 
 
 def _decoder_only_copy(model: Any) -> Any:

@@ -192,6 +192,35 @@ def test_default_onnx_provider_exports_without_touching_the_live_model(server):
     assert [m.use_sdpa for m in server.model.modules() if hasattr(m, "use_sdpa")] == sdpa_before
 
 
+def test_the_default_decoder_export_runs_once_per_model(monkeypatch):
+    """gRPC GetDecoderOnnx and the HTTP demo's /decoder.onnx ask at about the same time: one export serves both."""
+    import threading
+
+    pytest.importorskip("segany.onnx")
+    import segany
+    import segany.onnx
+    from segany.service.settings import default_decoder_onnx_provider
+
+    real, calls = segany.onnx.export_decoder, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(segany.onnx, "export_decoder", counting)
+    model = segany.build_model("test-tiny", seed=11)  # a model no other test exported
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(default_decoder_onnx_provider(model))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.append(default_decoder_onnx_provider(model))
+    assert len(calls) == 1 and len(results) == 3 and results[0] == results[1] == results[2]
+    default_decoder_onnx_provider(segany.build_model("test-tiny", seed=12))  # another model: its own export
+    assert len(calls) == 2
+
+
 def test_async_client_has_the_same_methods(server, image):
     async def main():
         async with AsyncClient(server.address) as c:
