@@ -77,22 +77,17 @@ def export_dir() -> Path:
 
 
 class DecoderBytes:
-    """The served model's public-interface multimask decoder as ONNX bytes, exported once on first use.
+    """The served model's public-interface multimask decoder as ONNX bytes, exported on first use.
 
-    The export runs on a decoder-only copy of the model: exporting switches attention to the plain path, which
-    must not change the precision of the model the engine is serving.
+    :func:`default_decoder_onnx_provider` exports once per model (on a decoder-only copy, so the served model keeps
+    its precision) and keeps the bytes, so this and gRPC ``GetDecoderOnnx`` share one export.
     """
 
     def __init__(self, model) -> None:
         self._model = model
-        self._lock = threading.Lock()
-        self._bytes: bytes | None = None
 
     def __call__(self) -> bytes:
-        with self._lock:
-            if self._bytes is None:
-                self._bytes = default_decoder_onnx_provider(self._model)  # what GetDecoderOnnx serves too
-            return self._bytes
+        return default_decoder_onnx_provider(self._model)
 
 
 def sample_image_png(height: int = 480, width: int = 640) -> bytes:
