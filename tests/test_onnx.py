@@ -111,14 +111,11 @@ def test_batched_decoder_matches_predict_batch(predictor, embeddings, exported):
     emb = embeddings[size]
     boxes = np.array([[10, 20, 800, 900], [100, 50, 2000, 1400], [0, 0, 2249, 1499], [500, 500, 600, 640]], float)
     n = len(boxes)
-    feeds = {
-        "image_embeddings": emb.image_embeddings.numpy(),
-        "point_coords": boxes_to_input(boxes, size).reshape(n, 2, 2).astype(np.float32),
-        "point_labels": np.tile(np.array([[2, 3]], np.float32), (n, 1)),
-        "mask_input": np.zeros((n, 1, 256, 256), np.float32),
-        "has_mask_input": np.zeros(n, np.float32),
-        "orig_im_size": np.array(size, np.float32),
-    }
+    feeds = dict(
+        _box_feeds(emb, boxes, size),
+        mask_input=np.zeros((n, 1, 256, 256), np.float32),
+        has_mask_input=np.zeros(n, np.float32),
+    )
     iou, low, masks = exported["batched"].run(None, feeds)
     assert masks.shape == (n, 1, *size)
     ref = predictor.predict_prompts(
@@ -131,15 +128,27 @@ def test_batched_decoder_matches_predict_batch(predictor, embeddings, exported):
     del feeds["orig_im_size"]  # the low-res-only graph does not take it
     iou3, low3 = exported["batched_multi_lowres"].run(None, feeds)
     assert low3.shape == (n, 3, 256, 256)
-    ref3 = predictor.predict_prompts(emb, [segany.prompts.make_prompt(size, box=b) for b in boxes], multimask=True)
+    ref3 = predictor.predict_prompts(
+        emb, [segany.prompts.make_prompt(size, box=b) for b in boxes], multimask=True, return_logits=True
+    )
     np.testing.assert_allclose(low3, np.stack([r.low_res_logits for r in ref3]), atol=ATOL)
     # upsampled B x M planes come back in (prompt, mask) order
     feeds["orig_im_size"] = np.array(size, np.float32)
     _, _, masks3 = exported["batched_multi"].run(None, feeds)
     assert masks3.shape == (n, 3, *size)
     for i in range(n):
-        full = predictor.predict_prompts(emb, [segany.prompts.make_prompt(size, box=boxes[i])], return_logits=True)
-        _same_masks(masks3[i], full[0].masks)
+        _same_masks(masks3[i], ref3[i].masks)
+
+
+def _box_feeds(emb, boxes: np.ndarray, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Batched-decoder feeds for one box per prompt, without the mask inputs."""
+    n = len(boxes)
+    return {
+        "image_embeddings": emb.image_embeddings.numpy(),
+        "point_coords": boxes_to_input(boxes, size).reshape(n, 2, 2).astype(np.float32),
+        "point_labels": np.tile(np.array([[2, 3]], np.float32), (n, 1)),
+        "orig_im_size": np.array(size, np.float32),
+    }
 
 
 def test_batched_decoder_takes_one_mask_input_for_all_prompts(predictor, embeddings, exported):
@@ -150,12 +159,7 @@ def test_batched_decoder_takes_one_mask_input_for_all_prompts(predictor, embeddi
     boxes = np.array([[10, 20, 300, 400], [100, 50, 600, 470], [200, 100, 260, 180]], float)
     n = len(boxes)
     low = predictor.predict(emb, points=[[320, 240]], labels=[1]).low_res_logits[0]
-    base = {
-        "image_embeddings": emb.image_embeddings.numpy(),
-        "point_coords": boxes_to_input(boxes, size).reshape(n, 2, 2).astype(np.float32),
-        "point_labels": np.tile(np.array([[2, 3]], np.float32), (n, 1)),
-        "orig_im_size": np.array(size, np.float32),
-    }
+    base = _box_feeds(emb, boxes, size)
     none_each = dict(base, mask_input=np.zeros((n, 1, 256, 256), np.float32), has_mask_input=np.zeros(n, np.float32))
     none_shared = dict(base, mask_input=np.zeros((1, 1, 256, 256), np.float32), has_mask_input=np.zeros(1, np.float32))
     for a, b in zip(exported["batched"].run(None, none_each), exported["batched"].run(None, none_shared)):
